@@ -1,0 +1,68 @@
+"""The uniform model interface (DESIGN §5): training, evaluation, export and serving never special-case
+a model. Scores are always dot products ``user_embeddings(batch) @ item_embeddings().T``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from t2diff.batch import Batch
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model may know about the prepared dataset when it is built."""
+
+    num_items: int  # real items; ids 1..num_items, 0 = padding
+    num_users: int
+    max_len: int  # history length L the batches carry
+    has_time: bool = False  # whether seq_time / target_time carry real timestamps
+    item_features: Tensor | None = None  # [num_items + 1, F] long feature tokens, 0 = none
+    num_feature_tokens: int = 0  # vocabulary size of item_features (token 0 = padding)
+
+
+class SeqRecModel(nn.Module):
+    """Base class. Subclasses set ``Config`` (a dataclass) and implement the three methods below.
+
+    ``causal = True`` declares that the model trains with a loss at every position of ``seq``
+    (``batch.pos_targets``) and never looks at later positions; the trainer then feeds whole windows.
+    """
+
+    Config: ClassVar[type]
+    causal: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any, info: DataInfo) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.info = info
+        # set by the trainer from train.loss (full softmax by default; see losses.py)
+        self.tower_loss_fn = None
+
+    def user_embeddings(self, batch: Batch) -> Tensor:  # [B, D]
+        raise NotImplementedError
+
+    def item_embeddings(self) -> Tensor:  # [num_items + 1, D]; row 0 (padding) is never ranked
+        raise NotImplementedError
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """Training loss on a batch, and named scalars to log."""
+        raise NotImplementedError
+
+    def tower_loss(self, user_vecs: Tensor, targets: Tensor) -> Tensor:
+        """L_TOWER: softmax cross-entropy of ``user_vecs`` [N, D] against ``targets`` [N] (> 0)."""
+        from t2diff.losses import full_softmax_ce
+
+        if self.tower_loss_fn is not None:
+            return self.tower_loss_fn(user_vecs, targets, self.item_embeddings())
+        return full_softmax_ce(user_vecs, self.item_embeddings(), targets)
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> Tensor:  # [B, num_items + 1]
+        return self.user_embeddings(batch) @ self.item_embeddings().T
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
