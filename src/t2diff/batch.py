@@ -48,6 +48,7 @@ class Batch:
         pos = torch.zeros_like(seq)
         pos[:, :-1] = seq[:, 1:]
         pos[:, :-1] *= (seq[:, :-1] > 0).long()
-        tt = torch.as_tensor(target_time, dtype=torch.long) if target_time is not None else torch.zeros(b, dtype=torch.long)
+        tt = (torch.as_tensor(target_time, dtype=torch.long) if target_time is not None
+              else torch.zeros(b, dtype=torch.long))
         return Batch(seq=seq, target=torch.zeros(b, dtype=torch.long), pos_targets=pos, seq_time=st,
                      target_time=tt, user=torch.zeros(b, dtype=torch.long))

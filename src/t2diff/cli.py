@@ -9,6 +9,9 @@ import sys
 
 COMMANDS: list[str] = [
     # module names under t2diff.commands, in --help order
+    "prepare",
+    "train",
+    "evaluate",
 ]
 
 

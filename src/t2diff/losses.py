@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -10,9 +13,143 @@ from torch import Tensor
 def full_softmax_ce(user_vecs: Tensor, item_vecs: Tensor, targets: Tensor) -> Tensor:
     """Cross-entropy over the full catalogue. user_vecs [N, D], item_vecs [I+1, D], targets [N] in 1..I.
 
-    The padding column 0 is excluded so it can never absorb probability mass."""
-    logits = user_vecs @ item_vecs.T  # [N, I+1]
-    pad = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-    pad[0] = True
-    logits = logits.masked_fill(pad, torch.finfo(logits.dtype).min)
-    return F.cross_entropy(logits, targets)
+    The padding row 0 is excluded so it can never absorb probability mass."""
+    logits = user_vecs @ item_vecs[1:].T  # [N, I]: the padding row is left out rather than masked
+    return F.cross_entropy(logits, targets - 1)
+
+
+SAMPLERS = ("uniform", "popularity", "in_batch", "mixed")
+
+
+class SampledSoftmaxLoss:
+    """Sampled softmax cross-entropy with logQ correction, for catalogues too large for full softmax.
+
+    Attach as ``model.tower_loss_fn = SampledSoftmaxLoss(...)``; called as
+    ``loss(user_vecs [N, D], targets [N] in 1..I, item_vecs [I+1, D])``.
+
+    Negatives per batch (shared by all rows, padding id 0 never drawn):
+    - ``uniform``: ``num_negatives`` ids drawn uniformly from 1..I (with replacement);
+    - ``popularity``: ``num_negatives`` ids drawn with Q(j) ∝ item_counts[j];
+    - ``in_batch``: the other rows' targets, i.e. draws from the training target distribution, so
+      Q(j) ∝ item_counts[j] (Yi et al., RecSys 2019); ``num_negatives`` is unused;
+    - ``mixed``: in-batch plus ``num_negatives`` uniform ids (mixed negative sampling, Yang et al. 2020).
+
+    Estimator: the row's positive logit is left as is and each sampled negative logit j is corrected by
+    ``- log E[count_j]`` where ``E[count_j] = sum over samplers of (draws * Q(j))`` (for one sampler that is
+    ``log Q(j)`` plus the constant ``log draws``). Then ``exp(o_t) + sum_neg exp(o_j - log E[count_j])`` is an
+    unbiased estimate of the full partition function once accidental hits (negative == target) are
+    removed, so the loss and its gradient approach full softmax as the sample grows. Duplicate draws are
+    merged into one column with ``+ log(count)``, which leaves the value unchanged and bounds the logit
+    matrix at [N, 1 + unique candidates].
+
+    ``item_counts`` [I+1] (id-indexed, entry 0 ignored; e.g. ``bincount(train_targets, minlength=I+1)``) is
+    required by every sampler but ``uniform``. Counts are floored at 1 so every item has Q > 0 (an item never
+    sampled would otherwise drop out of the partition estimate). ``logq_correction=False`` gives plain
+    sampled softmax (biased; kept for ablations).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        num_negatives: int,
+        sampler: str = "uniform",
+        item_counts: Tensor | np.ndarray | Sequence[float] | None = None,
+        remove_accidental_hits: bool = True,
+        logq_correction: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {num_items}")
+        if sampler in ("uniform", "popularity", "mixed") and num_negatives < 1:
+            raise ValueError(f"sampler {sampler!r} needs num_negatives >= 1, got {num_negatives}")
+        self.num_items = int(num_items)
+        self.num_negatives = int(num_negatives)
+        self.sampler = sampler
+        self.remove_accidental_hits = remove_accidental_hits
+        self.logq_correction = logq_correction
+        self.generator = generator  # CPU generator for reproducible draws; None: the global torch RNG
+
+        # Proposal distributions over ids 0..I (float64 so tiny Q of a 1M-item tail stays exact).
+        q_uni = torch.full((num_items + 1,), 1.0 / num_items, dtype=torch.float64)
+        q_uni[0] = 0.0
+        self._q_uniform = q_uni
+        self._q_freq: Tensor | None = None
+        self._cdf_freq: Tensor | None = None
+        if sampler != "uniform":
+            if item_counts is None:
+                raise ValueError(f"sampler {sampler!r} needs item_counts (training count of each item id)")
+            if isinstance(item_counts, Tensor):
+                item_counts = item_counts.detach().cpu().numpy()
+            c = torch.as_tensor(np.asarray(item_counts, dtype=np.float64))
+            if c.shape != (num_items + 1,):
+                raise ValueError(f"item_counts must have shape [num_items + 1] = [{num_items + 1}], got "
+                                 f"{tuple(c.shape)} (index by item id; entry 0 = padding, ignored)")
+            if not torch.isfinite(c).all() or (c < 0).any():
+                raise ValueError("item_counts must be finite and >= 0")
+            c = c.clamp(min=1.0)
+            c[0] = 0.0
+            self._q_freq = c / c.sum()
+            self._cdf_freq = torch.cumsum(self._q_freq, 0)
+        self._dev_cache: dict[torch.device, tuple[Tensor, Tensor | None]] = {}
+
+    def _draw(self, n: int, popularity: bool) -> Tensor:  # [n] ids in 1..I, on CPU
+        if not popularity:
+            return torch.randint(1, self.num_items + 1, (n,), generator=self.generator)
+        assert self._cdf_freq is not None
+        # inverse-CDF sampling: O(n log I) per call instead of torch.multinomial's O(I) setup
+        u = torch.rand(n, dtype=torch.float64, generator=self.generator) * self._cdf_freq[-1]
+        return torch.searchsorted(self._cdf_freq, u, right=True).clamp_(1, self.num_items)
+
+    def _probs(self, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        if device not in self._dev_cache:
+            self._dev_cache[device] = (
+                self._q_uniform.to(device),
+                self._q_freq.to(device) if self._q_freq is not None else None,
+            )
+        return self._dev_cache[device]
+
+    def __call__(self, user_vecs: Tensor, targets: Tensor, item_vecs: Tensor) -> Tensor:
+        n = user_vecs.shape[0]
+        if item_vecs.shape[0] != self.num_items + 1:
+            raise ValueError(f"item_vecs has {item_vecs.shape[0]} rows, expected num_items + 1 = "
+                             f"{self.num_items + 1}")
+        if targets.shape != (n,):
+            raise ValueError(f"targets must have shape [{n}], got {tuple(targets.shape)}")
+        if n == 0:
+            raise ValueError("empty batch")
+        if bool(((targets < 1) | (targets > self.num_items)).any()):
+            raise ValueError("targets must be item ids in 1..num_items (0 is padding)")
+        dev = user_vecs.device
+        q_uni, q_freq = self._probs(dev)
+
+        n_batch = n - 1 if self.sampler in ("in_batch", "mixed") else 0  # draws from Q_freq per row
+        n_samp = self.num_negatives if self.sampler != "in_batch" else 0  # shared draws per row
+        parts = [targets] if n_batch else []
+        if n_samp:
+            parts.append(self._draw(n_samp, popularity=self.sampler == "popularity").to(dev))
+        if not parts:
+            raise ValueError("in_batch sampling needs a batch of at least 2 rows")
+        cand, cand_count = torch.unique(torch.cat(parts), return_counts=True)  # [U], [U]
+
+        pos_logit = (user_vecs * item_vecs[targets]).sum(-1, keepdim=True).float()  # [N, 1]
+        neg_logit = (user_vecs @ item_vecs[cand].T).float()  # [N, U]
+        hit = cand[None, :] == targets[:, None]  # [N, U] negative == the row's target
+        count = cand_count[None, :].to(neg_logit.dtype).expand(n, -1)  # [N, U]
+        if n_batch:
+            count = count - hit.to(count.dtype)  # a row's own in-batch slot is its positive, not a negative
+        adj = count.log()  # merged duplicates; log 0 = -inf drops a column (only ever a hit)
+        if self.logq_correction:
+            expected = torch.zeros_like(cand, dtype=torch.float64)  # [U] E[draws of j per row]
+            if n_batch:
+                assert q_freq is not None
+                expected += n_batch * q_freq[cand]
+            if n_samp:
+                expected += n_samp * (q_freq[cand] if self.sampler == "popularity" else q_uni[cand])
+            adj = adj - expected.log().to(adj.dtype)[None, :]
+        neg_logit = neg_logit + adj
+        if self.remove_accidental_hits:
+            neg_logit = neg_logit.masked_fill(hit, float("-inf"))
+        logits = torch.cat([pos_logit, neg_logit], dim=1)  # [N, 1 + U], the positive in column 0
+        return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=dev))

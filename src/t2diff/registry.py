@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from t2diff.models.base import SeqRecModel
+from t2diff.models.bert4rec import BERT4Rec
+from t2diff.models.caser import Caser
+from t2diff.models.dat import DAT
+from t2diff.models.gru4rec import GRU4Rec
 from t2diff.models.sasrec import SASRec
+from t2diff.models.t2diff import T2Diff
 
 MODELS: dict[str, type[SeqRecModel]] = {
     "sasrec": SASRec,
+    "caser": Caser,
+    "gru4rec": GRU4Rec,
+    "bert4rec": BERT4Rec,
+    "dat": DAT,
+    "t2diff": T2Diff,
 }
 
 

@@ -1,0 +1,38 @@
+"""Argument helpers shared by commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML experiment config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. train.epochs=5 data.protocol=paper model.hidden=128")
+
+
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Markdown table: one row per split/model, one column per metric."""
+    cols: list[str] = []
+    for m in rows.values():
+        cols += [k for k in m if "@" in k and k not in cols]
+    lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, m in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m[c]:.5f}" if c in m else "" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)

@@ -1,0 +1,49 @@
+"""``t2diff evaluate``: full-ranking evaluation of a checkpoint on its protocol's test (or valid) examples."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from t2diff.commands.common import add_progress_arg, fail, metrics_table
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="full-ranking evaluation of a checkpoint",
+                       description="Rank every item for every evaluated example; Recall/MRR/NDCG at each K. "
+                       "Results are added under 'evaluate' in the run directory's metrics.json.")
+    p.add_argument("checkpoint", help="a run directory (uses best.pt, else last.pt) or a .pt file")
+    p.add_argument("--split", choices=["test", "valid"], default="test")
+    p.add_argument("--ks", type=int, nargs="+", help="cut-offs (default: the run's eval.ks)")
+    p.add_argument("--mask-seen", action="store_true", help="exclude items seen before the target")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--data", help="prepared dataset (default: the one in the checkpoint's config)")
+    add_progress_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from t2diff.checkpoint import build_from_checkpoint
+    from t2diff.evaluate import evaluate
+    from t2diff.train import build_split
+
+    path = Path(args.checkpoint)
+    try:
+        model, cfg, ds = build_from_checkpoint(path, args.data)
+    except (FileNotFoundError, ValueError) as e:
+        return fail(str(e))
+    split = build_split(cfg, ds)
+    ex = split.test if args.split == "test" else split.valid
+    if ex is None:
+        return fail(f"protocol {cfg.data.protocol!r} has no {args.split} split")
+    ks = args.ks or cfg.eval.ks
+    m = evaluate(model, ds, ex, cfg.data.max_len, ks, args.batch_size, args.mask_seen, not args.no_progress)
+    print(metrics_table({f"{cfg.model['name']} {args.split}": m}))
+    run_dir = path if path.is_dir() else path.parent
+    out_file = run_dir / "metrics.json"
+    data = json.loads(out_file.read_text()) if out_file.exists() else {}
+    data["evaluate"] = {"checkpoint": str(path), "split": args.split, "mask_seen": args.mask_seen,
+                        "protocol": cfg.data.protocol, "metrics": m}
+    out_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return 0

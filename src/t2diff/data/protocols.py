@@ -1,0 +1,114 @@
+"""Evaluation protocols (DESIGN §3), selected by name.
+
+An example is a pair (user u, position j) of internal user id and 0-based index into u's history:
+the target is history[j], the input the (at most L) behaviours before it. Splits never let a model see a
+held-out target: every training window ends before the first held-out position of its user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from t2diff.data.errors import DataError
+from t2diff.data.prepared import PreparedDataset
+
+PROTOCOLS = ("loo", "paper")
+
+
+@dataclass
+class Examples:
+    users: np.ndarray  # int64 [E] internal user ids (1-based)
+    positions: np.ndarray  # int64 [E] index of the target in the user's history
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+
+@dataclass
+class Split:
+    protocol: str
+    valid: Examples | None
+    test: Examples
+    # training: users with the number of their leading behaviours a model may train on
+    train_users: np.ndarray  # int64 [Ut]
+    train_limit: np.ndarray  # int64 [Ut]: positions 0..limit-1 are trainable (targets at 1..limit-1)
+    fixed_train: Examples | None = None  # protocol-fixed target positions (paper); None = sampled per epoch
+    skipped_users: int = 0  # users too short for the protocol (counted, never silently mixed in)
+
+    def train_examples(self, rng: np.random.Generator, causal: bool, max_len: int, targets_per_user: int) -> Examples:
+        """The examples of one epoch.
+
+        causal models: windows ending at the last trainable position, then every max_len before it, so a
+        loss at every position covers the user's whole trainable history once.
+        other models: ``targets_per_user`` random target positions per user (at least one behaviour before).
+        A protocol with fixed positions (paper) returns them as they are for both kinds."""
+        if self.fixed_train is not None:
+            return self.fixed_train
+        if causal:
+            us, js = [], []
+            for u, lim in zip(self.train_users, self.train_limit, strict=True):
+                ends = np.arange(lim - 1, 0, -max_len)
+                us.append(np.full(len(ends), u))
+                js.append(ends)
+            return Examples(np.concatenate(us).astype(np.int64), np.concatenate(js).astype(np.int64))
+        k = np.minimum(targets_per_user, self.train_limit - 1)
+        users = np.repeat(self.train_users, k)
+        # uniform without replacement would need a loop; with replacement is fine for k << limit
+        pos = 1 + (rng.random(len(users)) * np.repeat(self.train_limit - 1, k)).astype(np.int64)
+        return Examples(users.astype(np.int64), pos)
+
+
+def leave_one_out(ds: PreparedDataset) -> Split:
+    """Chronological leave-one-out: last item test, second-last validation, the rest train."""
+    lengths = ds.lengths
+    users = np.arange(1, ds.num_users + 1)
+    ok = lengths >= 3
+    if not ok.any():
+        raise DataError("leave-one-out needs users with at least 3 interactions; none has")
+    u, n = users[ok], lengths[ok]
+    return Split("loo", valid=Examples(u, n - 2), test=Examples(u, n - 1), train_users=u, train_limit=n - 2,
+                 skipped_users=int((~ok).sum()))
+
+
+def paper_split(ds: PreparedDataset, seed: int = 42, test_frac: float = 0.2, history_cap: int = 50,
+                train_targets: int = 10) -> Split:
+    """The authors' protocol: users split at random into train/test users (seeded); a target position j
+    needs min(history_cap, n-1) behaviours before it, so long histories always have a full window; up to
+    ``train_targets`` random target positions per train user, one per test user.
+
+    The authors' script samples j from [cap-1, n-2] (never the last item of long users, an off-by-one);
+    we sample from [min(cap, n-1), n-1]. No validation set: the protocol has none."""
+    rng = np.random.default_rng(seed)
+    lengths = ds.lengths
+    users = np.arange(1, ds.num_users + 1)
+    ok = lengths >= 2
+    users = users[ok]
+    perm = rng.permutation(users)
+    n_test = int(len(perm) * test_frac)
+    test_users, train_users = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+
+    def positions(us: np.ndarray, k: int) -> Examples:
+        out_u, out_j = [], []
+        for u in us:
+            n = lengths[u - 1]
+            lo = min(history_cap, n - 1)
+            cand = np.arange(lo, n)
+            pick = cand if len(cand) <= k else np.sort(rng.choice(cand, size=k, replace=False))
+            out_u.append(np.full(len(pick), u))
+            out_j.append(pick)
+        return Examples(np.concatenate(out_u).astype(np.int64), np.concatenate(out_j).astype(np.int64))
+
+    train = positions(train_users, train_targets)
+    test = positions(test_users, 1)
+    return Split("paper", valid=None, test=test, train_users=train_users, train_limit=lengths[train_users - 1],
+                 fixed_train=train, skipped_users=int((~ok).sum()))
+
+
+def make_split(ds: PreparedDataset, protocol: str, **kw: object) -> Split:
+    if protocol == "loo":
+        return leave_one_out(ds)
+    if protocol == "paper":
+        return paper_split(ds, **kw)  # type: ignore[arg-type]
+    raise DataError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")

@@ -1,0 +1,85 @@
+"""GRU4Rec (Hidasi et al., ICLR 2016): a GRU over the behaviour sequence; its state after the most recent
+behaviour is the user embedding.
+
+Trained like SASRec (DESIGN §6): one pass over a whole window with a softmax loss at every position
+(``batch.pos_targets``), instead of the paper's session-parallel mini-batches with TOP1 / BPR losses;
+RecBole's GRU4Rec uses the same CE objective. The output is projected to the embedding size and scored
+against the (tied) input item embeddings, as in RecBole.
+
+Left padding: a GRU is not padding-neutral even on zero input vectors (its biases move the state), so a
+history would encode differently depending on how much padding precedes it. We roll every row so its items
+start at column 0, run the GRU on a packed sequence of the true lengths, and roll the outputs back: the
+state at each position depends only on the real items up to it, and padding positions output exactly 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from t2diff.batch import Batch
+from t2diff.models.base import DataInfo, SeqRecModel
+
+
+@dataclass
+class GRU4RecConfig:
+    """Defaults are RecBole 1.2's GRU4Rec.yaml: embedding 64, hidden 128, one layer, embedding dropout 0.3
+    (the paper tunes hidden units 100-1000 with session-parallel training and TOP1 / BPR losses)."""
+
+    embedding: int = 64  # item embedding size = user / item vector size D
+    hidden: int = 128  # GRU state size
+    num_layers: int = 1
+    dropout: float = 0.3  # on the input embeddings
+    layer_dropout: float = 0.0  # between stacked GRU layers (only with num_layers > 1)
+
+
+def _roll_rows(x: Tensor, shift: Tensor) -> Tensor:
+    """out[b, j] = x[b, (j + shift[b]) % L] for x [B, L, ...]; shift [B] long."""
+    b, l = x.shape[:2]
+    idx = (torch.arange(l, device=x.device)[None, :] + shift[:, None]) % l  # [B, L]
+    return x.gather(1, idx.view(b, l, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+class GRU4Rec(SeqRecModel):
+    Config = GRU4RecConfig
+    causal = True
+
+    def __init__(self, cfg: GRU4RecConfig, info: DataInfo) -> None:
+        super().__init__(cfg, info)
+        e = cfg.embedding
+        self.item_emb = nn.Embedding(info.num_items + 1, e, padding_idx=0)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.gru = nn.GRU(e, cfg.hidden, num_layers=cfg.num_layers, batch_first=True,
+                          dropout=cfg.layer_dropout if cfg.num_layers > 1 else 0.0)
+        self.dense = nn.Linear(cfg.hidden, e)  # back to the item embedding space for dot-product scoring
+        nn.init.normal_(self.item_emb.weight, std=e**-0.5)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def encode(self, seq: Tensor) -> Tensor:  # seq [B, L] -> [B, L, D], 0 at padding positions
+        l = seq.shape[1]
+        n = (seq > 0).sum(1)  # [B] real items per row (left-padded, contiguous)
+        shift = l - n  # [B] padding columns
+        x = self.emb_drop(self.item_emb(seq))  # [B, L, E]
+        x = _roll_rows(x, shift)  # [B, L, E], items first
+        # an all-padding row still needs length >= 1 for packing; its output is masked to 0 below
+        packed = pack_padded_sequence(x, n.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        h, _ = pad_packed_sequence(out, batch_first=True, total_length=l)  # [B, L, H], 0 past each length
+        h = _roll_rows(h, -shift)  # [B, L, H], back to left padding
+        return self.dense(h) * (seq > 0).unsqueeze(-1).to(h.dtype)  # [B, L, D]
+
+    def user_embeddings(self, batch: Batch) -> Tensor:
+        return self.encode(batch.seq)[:, -1]  # [B, D]: the state after the most recent behaviour
+
+    def item_embeddings(self) -> Tensor:
+        return self.item_emb.weight  # [I+1, D], tied with the input embedding
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        h = self.encode(batch.seq)  # [B, L, D]
+        keep = batch.pos_targets > 0  # [B, L]
+        loss = self.tower_loss(h[keep], batch.pos_targets[keep])
+        return loss, {"tower": loss.item()}

@@ -1,0 +1,207 @@
+"""The training loop: Adam, full softmax by default, validation-only model selection, per-epoch atomic
+checkpoints with resume, seeded reproducibility, JSON-lines metrics log."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from t2diff import checkpoint
+from t2diff.config import ExperimentConfig
+from t2diff.data.batching import make_batch
+from t2diff.data.prepared import PreparedDataset
+from t2diff.data.protocols import Split, make_split
+from t2diff.evaluate import evaluate
+from t2diff.models.base import SeqRecModel
+
+MAX_LABEL = "test_max_over_epochs (the authors' reporting: selected on the test set, optimistic)"
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    best_value: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_split(cfg: ExperimentConfig, ds: PreparedDataset) -> Split:
+    if cfg.data.protocol == "paper":
+        return make_split(ds, "paper", seed=cfg.data.split_seed, test_frac=cfg.data.test_frac,
+                          history_cap=cfg.data.max_len, train_targets=cfg.data.train_targets)
+    return make_split(ds, cfg.data.protocol)
+
+
+def attach_loss(model: SeqRecModel, cfg: ExperimentConfig, ds: PreparedDataset) -> None:
+    if cfg.train.loss == "full":
+        model.tower_loss_fn = None
+    elif cfg.train.loss == "sampled":
+        from t2diff.losses import SampledSoftmaxLoss
+
+        counts = np.bincount(ds.items, minlength=ds.num_items + 1)
+        model.tower_loss_fn = SampledSoftmaxLoss(ds.num_items, cfg.train.num_negatives,
+                                                 cfg.train.negative_sampler, item_counts=counts)
+    else:
+        raise TrainingError(f"train.loss: unknown loss {cfg.train.loss!r}; choose full or sampled")
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True, device: str = "cpu",
+                 log: Any = print) -> None:
+        self.cfg, self.run_dir, self.progress, self.device, self.log = cfg, Path(run_dir), progress, device, log
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.ds = PreparedDataset.load(cfg.data.path)
+        self.split = build_split(cfg, self.ds)
+        torch.manual_seed(cfg.train.seed)
+        self.model = checkpoint.build_model(cfg, self.ds).to(device)
+        attach_loss(self.model, cfg, self.ds)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.state = TrainState()
+        self.ks = sorted(set(cfg.eval.ks) | {int(cfg.train.select_metric.split("@")[1])})
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def _save(self, name: str, with_optimizer: bool) -> None:
+        obj: dict[str, Any] = {"config": self.cfg.to_dict(), "model_state": self.model.state_dict(),
+                               "epoch": self.state.epoch, "state": self.state.__dict__.copy()}
+        if with_optimizer:
+            obj["optimizer_state"] = self.opt.state_dict()
+        checkpoint.save_atomic(obj, self.run_dir / name)
+
+    def resume(self) -> None:
+        ck = checkpoint.load(self.run_dir / "last.pt")
+        if ck["config"] != self.cfg.to_dict():
+            raise TrainingError(f"{self.run_dir / 'last.pt'} was written with another config; resume with the "
+                                "same config or use a new --run-dir")
+        self.model.load_state_dict(ck["model_state"])
+        self.opt.load_state_dict(ck["optimizer_state"])
+        self.state = TrainState(**ck["state"])
+        # the log is rewritten from the checkpoint so an epoch cut off mid-way never appears twice
+        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n"
+                                                            for r in self.state.history))
+        self.log(f"resumed from {self.run_dir / 'last.pt'} after epoch {self.state.epoch}")
+
+    # ---- one epoch ---------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> float:
+        cfg = self.cfg
+        rng = np.random.default_rng(_epoch_seed(cfg.train.seed, epoch))
+        torch.manual_seed(_epoch_seed(cfg.train.seed, epoch))  # dropout etc.: resume-proof
+        ex = self.split.train_examples(rng, self.model.causal, cfg.data.max_len, cfg.data.train_targets)
+        order = rng.permutation(len(ex))
+        users, pos = ex.users[order], ex.positions[order]
+        self.model.train()
+        total, steps = 0.0, 0
+        bs = cfg.train.batch_size
+        bar = tqdm(range(0, len(users), bs), desc=f"epoch {epoch}", disable=not self.progress, leave=False)
+        for s in bar:
+            batch = make_batch(self.ds, users[s: s + bs], pos[s: s + bs], cfg.data.max_len).to(self.device)
+            loss, parts = self.model.loss(batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {steps} ({parts}); the last "
+                    f"checkpoint {self.run_dir / 'last.pt'} is intact. Lower train.lr or set train.grad_clip.")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            self.opt.step()
+            total += loss.item()
+            steps += 1
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        return total / max(steps, 1)
+
+    def eval_on(self, which: str) -> dict[str, float]:
+        ex = self.split.valid if which == "valid" else self.split.test
+        assert ex is not None
+        return evaluate(self.model, self.ds, ex, self.cfg.data.max_len, self.ks, self.cfg.eval.batch_size,
+                        self.cfg.eval.mask_seen, self.progress, self.device)
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if (self.run_dir / "last.pt").exists():
+            if not resume:
+                raise TrainingError(f"{self.run_dir} already holds a run; pass --resume to continue it or "
+                                    "choose another --run-dir")
+            self.resume()
+        elif resume:
+            self.log(f"nothing to resume in {self.run_dir}; starting from scratch")
+        st = self.state  # bound after a resume replaced it
+        (self.run_dir / "config.yaml").write_text(_yaml(cfg.to_dict()))
+        has_valid = self.split.valid is not None
+        while st.epoch < cfg.train.epochs and not (has_valid and st.bad_epochs >= cfg.train.patience):
+            epoch = st.epoch + 1
+            t0 = time.perf_counter()
+            loss = self.train_epoch(epoch)
+            t_train = time.perf_counter() - t0
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": round(loss, 6), "train_seconds": round(t_train, 2)}
+            if has_valid:
+                row["valid"] = self.eval_on("valid")
+                value = row["valid"][cfg.train.select_metric]
+                if value > st.best_value:
+                    st.best_value, st.best_epoch, st.bad_epochs = value, epoch, 0
+                    st.epoch = epoch
+                    self._save("best.pt", with_optimizer=False)
+                else:
+                    st.bad_epochs += 1
+            else:  # paper protocol: no validation set; the test set is reported each epoch, never selected on
+                row["test"] = self.eval_on("test")
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            st.epoch = epoch
+            st.history.append(row)
+            self._save("last.pt", with_optimizer=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+            self.log(_summary(row, cfg.train.select_metric))
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        out: dict[str, Any] = {"protocol": cfg.data.protocol, "model": cfg.model["name"], "epochs_run": st.epoch,
+                               "num_test_examples": len(self.split.test), "mask_seen": cfg.eval.mask_seen}
+        if self.split.valid is not None:
+            ck = checkpoint.load(self.run_dir / "best.pt")
+            self.model.load_state_dict(ck["model_state"])
+            out["selected_epoch"] = st.best_epoch
+            out["selected_on"] = f"valid {cfg.train.select_metric}"
+            out["valid"] = self.eval_on("valid")
+            out["test"] = self.eval_on("test")
+        else:
+            out["test"] = st.history[-1]["test"] if st.history else self.eval_on("test")
+            out["test_from"] = "last epoch (no validation set under the paper protocol)"
+            if cfg.train.report_max_over_epochs and st.history:
+                out[MAX_LABEL] = {k: max(h["test"][k] for h in st.history) for k in st.history[-1]["test"]}
+        (self.run_dir / "metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+        return out
+
+
+def _summary(row: dict[str, Any], select: str) -> str:
+    part = "valid" if "valid" in row else "test"
+    m = row[part]
+    keys = [k for k in m if k.startswith(("recall", "ndcg", "mrr"))]
+    return (f"epoch {row['epoch']}: loss {row['train_loss']:.4f} | {part} "
+            + " ".join(f"{k} {m[k]:.4f}" for k in keys) + f" | {row['seconds']:.1f}s")
+
+
+def _yaml(d: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)

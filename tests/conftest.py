@@ -1,0 +1,62 @@
+"""Shared fixtures: the real data folder (tests needing it skip without it) and small synthetic datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("T2DIFF_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not present: {path} (set T2DIFF_DATA_DIR to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return _need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def ml1m_dir(data_dir: Path) -> Path:
+    return _need(data_dir / "ml-1m")
+
+
+@pytest.fixture(scope="session")
+def kuairand_dir(data_dir: Path) -> Path:
+    return _need(data_dir / "kuairand" / "KuaiRand-Pure" / "data")
+
+
+def write_synthetic_log(path: Path, num_users: int = 60, num_items: int = 40, seed: int = 0,
+                        min_len: int = 6, max_len: int = 30) -> Path:
+    """A CSV log with string user ids and learnable structure (users walk through items in order)."""
+    rng = np.random.default_rng(seed)
+    rows = ["user,item,ts"]
+    for u in range(num_users):
+        n = int(rng.integers(min_len, max_len))
+        start = int(rng.integers(0, num_items))
+        step = 1 + u % 3
+        t0 = 1_600_000_000 + int(rng.integers(0, 10_000))
+        for k in range(n):
+            item = (start + k * step) % num_items
+            rows.append(f"u{u},i{item},{t0 + 60 * k}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def synthetic_prepared(tmp_path: Path) -> Path:
+    from t2diff.data.generic import ColumnSpec, read_interactions
+    from t2diff.data.prepare import FilterSpec, prepare
+
+    log = write_synthetic_log(tmp_path / "log.csv")
+    inter = read_interactions(log, ColumnSpec(user="user", item="item", time="ts"))
+    out = tmp_path / "prepared"
+    prepare(inter, out, FilterSpec(), "generic")
+    return out

@@ -1,0 +1,255 @@
+"""T2Diff model: ablation switches, stop-gradients, seeded inference, bad inputs, Figure-4 diagnostics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from t2diff.batch import Batch
+from t2diff.diagnostics import diffusion_cosine_trace, write_trace
+from t2diff.models.base import DataInfo
+from t2diff.models.t2diff import T2Diff, T2DiffConfig
+from t2diff.registry import MODELS
+
+I, L, B, FEATS = 40, 14, 6, 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on the shared 2-core machines (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_info(has_time: bool = True, features: bool = True, max_len: int = L) -> DataInfo:
+    g = torch.Generator().manual_seed(0)
+    feats = None
+    if features:
+        feats = torch.randint(0, FEATS, (I + 1, 3), generator=g)
+        feats[0] = 0
+        feats[1] = 0  # item 1 has no side features
+    return DataInfo(num_items=I, num_users=20, max_len=max_len, has_time=has_time, item_features=feats,
+                    num_feature_tokens=FEATS)
+
+
+def make_batch(max_len: int = L, seed: int = 0) -> Batch:
+    """Rows: full history, short history (session only partly filled), empty sequence, and random ones."""
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, I + 1, (B, max_len), generator=g)
+    seq[1, :-4] = 0  # history all padding, session half full
+    seq[2] = 0  # nothing at all
+    seq_time = (1_600_000_000 + 3600 * torch.arange(max_len)).expand(B, -1) * (seq > 0)
+    target_time = torch.full((B,), 1_600_000_000 + 3600 * (max_len + 5))
+    pos = torch.zeros_like(seq)
+    target = torch.randint(1, I + 1, (B,), generator=g)
+    return Batch(seq=seq, target=target, pos_targets=pos, seq_time=seq_time, target_time=target_time,
+                 user=torch.arange(B))
+
+
+def small_cfg(**kw) -> T2DiffConfig:
+    base = dict(hidden=16, steps=5, unet_levels=3, session_len=4, num_heads=2, session_ffn_dim=32,
+                din_hidden=16, user_ffn_hidden=32, item_mlp_hidden=32, time_emb_dim=4, dropout=0.0)
+    base.update(kw)
+    return T2DiffConfig(**base)
+
+
+def test_registered() -> None:
+    assert MODELS["t2diff"] is T2Diff and T2Diff.causal is False and T2Diff.Config is T2DiffConfig
+
+
+VARIANTS = {
+    "default": {"dropout": 0.1},
+    "mixed_attention_only": {"diffusion": False},
+    "wo_dp": {"drift": False},
+    "linear": {"schedule": "linear"},
+    "log": {"schedule": "log"},
+    "l2_kl": {"kl_loss": "l2", "kl_mask_padding": False},
+    "concat_user": {"user_ffn": False},
+    "authors_unet": {"unet_time_emb": "authors", "unet_final_proj": False, "unet_padding": "zeros"},
+    "authors_attention": {"session_mask_diag": True, "reverse_noise": "var", "kl_weight": 0.1},
+    "pos_emb_2layers": {"session_pos_emb": True, "session_layers": 2, "steps": 12},
+}
+
+
+# every variant with time + item features; the two main variants also without either
+CASES = [(v, True, True) for v in VARIANTS] + [
+    (v, f, t)
+    for v in ("default", "mixed_attention_only")
+    for f, t in ((True, False), (False, True), (False, False))
+]
+
+
+@pytest.mark.parametrize(("variant", "features", "time"), CASES)
+def test_training_step_each_variant(variant: str, features: bool, time: bool) -> None:
+    torch.manual_seed(0)
+    cfg = small_cfg(**VARIANTS[variant])
+    model = T2Diff(cfg, make_info(has_time=time, features=features))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = make_batch()
+    loss, logs = model.loss(batch)
+    assert torch.isfinite(loss) and set(logs) == {"tower", "kl", "loss"}
+    assert (logs["kl"] > 0) == cfg.diffusion
+    opt.zero_grad()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        u = model.user_embeddings(batch)
+        items = model.item_embeddings()
+    width = 16 if cfg.user_ffn else 32
+    assert u.shape == (B, width) and items.shape == (I + 1, width)
+    assert bool(u.isfinite().all()) and bool(items.isfinite().all())
+    assert model.score(batch).shape == (B, I + 1)
+
+
+def _grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor | None]:
+    return list(torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True))
+
+
+def _all_zero(grads: list[torch.Tensor | None]) -> bool:
+    return all(g is None or bool((g == 0).all()) for g in grads)
+
+
+def test_stop_gradients() -> None:
+    """Fig. 2a: L_TOWER never reaches the U-Net; L_KL never reaches the embedding tables."""
+    torch.manual_seed(0)
+    model = T2Diff(small_cfg(), make_info())
+    batch = make_batch()
+    user_vecs, kl = model.forward_train(batch)
+    tower = model.tower_loss(user_vecs, batch.target)
+    unet = list(model.unet.parameters())
+    tables = [model.item_emb.weight, model.feat_emb.weight]
+    assert _all_zero(_grads(tower, unet))
+    assert _all_zero(_grads(kl, tables))
+    # ... while each loss does train its own side
+    assert not _all_zero(_grads(kl, unet))
+    assert not _all_zero(_grads(tower, tables))
+    # without the x_hat stop-gradient (authors' code) L_TOWER reaches the U-Net: the check above bites
+    torch.manual_seed(0)
+    leaky = T2Diff(small_cfg(detach_xhat=False), make_info())
+    u, _ = leaky.forward_train(batch)
+    assert not _all_zero(_grads(leaky.tower_loss(u, batch.target), list(leaky.unet.parameters())))
+
+
+def test_seeded_evaluation_is_reproducible() -> None:
+    torch.manual_seed(0)
+    model = T2Diff(small_cfg(), make_info()).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        a, b = model.user_embeddings(batch), model.user_embeddings(batch)
+        model.cfg = dataclasses.replace(model.cfg, eval_seed=123)
+        c = model.user_embeddings(batch)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)  # the chain really is stochastic; the seed pins it
+
+
+@pytest.mark.parametrize("drift", [True, False])
+def test_oracle_approximator_restores_next_item(drift: bool) -> None:
+    """An approximator returning the true z0 makes the reverse chain give x_hat_{n+1} = x_{n+1} (eq. 18)."""
+    torch.manual_seed(0)
+    model = T2Diff(small_cfg(drift=drift), make_info()).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        xd = model.item_inputs(batch.seq)
+        x_next = model.item_inputs(batch.target)
+        z0 = model.diffusion_target(xd, x_next)
+        model.approximate = lambda z, x, t: z0  # type: ignore[method-assign]
+        x_hat = model._diffuse_infer(xd)
+    torch.testing.assert_close(x_hat, x_next, rtol=0, atol=1e-6)
+    if drift:  # eq. 11: z0 = X_{2:n+1} - X_{1:n}
+        torch.testing.assert_close(z0[:, :-1], xd[:, 1:] - xd[:, :-1])
+
+
+def test_item_inputs_mean_pool_features_and_padding() -> None:
+    model = T2Diff(small_cfg(), make_info())
+    info = model.info
+    with torch.no_grad():
+        x = model.item_inputs(torch.tensor([0, 1, 7]))
+        assert torch.equal(x[0], torch.zeros(16))  # padding stays 0
+        torch.testing.assert_close(x[1], model.item_emb.weight[1])  # no features: id embedding only
+        tok = info.item_features[7]
+        tok = tok[tok > 0]
+        expect = model.item_emb.weight[7] + (model.feat_emb.weight[tok].mean(0) if len(tok) else 0)
+        torch.testing.assert_close(x[2], expect)
+
+
+def test_bad_inputs() -> None:
+    torch.manual_seed(0)
+    model = T2Diff(small_cfg(), make_info())
+    short = make_batch(max_len=L - 2)
+    with pytest.raises(ValueError, match="max_len"):
+        model.user_embeddings(short)
+    with pytest.raises(ValueError, match="max_len"):
+        model.loss(short)
+    batch = make_batch()
+    batch.target[0] = 0
+    with pytest.raises(ValueError, match="target"):
+        model.loss(batch)
+    with pytest.raises(ValueError):
+        T2Diff(small_cfg(schedule="cosine"), make_info())
+    with pytest.raises(ValueError):
+        T2Diff(small_cfg(kl_loss="l1"), make_info())
+
+
+@pytest.mark.parametrize("diffusion", [True, False])
+def test_short_and_empty_histories_are_finite(diffusion: bool) -> None:
+    torch.manual_seed(0)
+    model = T2Diff(small_cfg(diffusion=diffusion, session_mask_diag=True), make_info())
+    batch = make_batch()
+    batch.seq[:] = 0  # every row empty
+    batch.seq[1, -2:] = torch.tensor([3, 4])  # one short row: no history, partial session
+    batch.seq_time *= batch.seq > 0
+    loss, _ = model.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():
+        assert bool(model.user_embeddings(batch).isfinite().all())
+        # an all-padding history gives h_l = 0 exactly (no NaN from an empty softmax)
+        h_s = torch.randn(B, 16)
+        xh = model.item_inputs(batch.seq[:, :-4])
+        h_l = model._target_attention(h_s, xh, batch.seq[:, :-4] > 0, batch)
+        assert torch.equal(h_l[0], torch.zeros(16)) and torch.equal(h_l[1], torch.zeros(16))
+
+
+def test_session_longer_than_sequence() -> None:
+    torch.manual_seed(0)
+    model = T2Diff(small_cfg(session_len=50), make_info(max_len=6))
+    loss, _ = model.loss(make_batch(max_len=6))
+    assert torch.isfinite(loss)
+
+
+def test_time_lag_feature_is_used() -> None:
+    torch.manual_seed(0)
+    model = T2Diff(small_cfg(diffusion=False), make_info(has_time=True)).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        a = model.user_embeddings(batch)
+        batch.target_time += 10**7  # lags move to other buckets
+        b = model.user_embeddings(batch)
+        batch.target_time[:] = 0  # unknown request time: the dedicated bucket, still finite
+        c = model.user_embeddings(batch)
+    assert not torch.allclose(a[0], b[0]) and bool(c.isfinite().all())
+    # rows with no history are unaffected by time
+    torch.testing.assert_close(a[1], b[1])
+
+
+def test_diffusion_cosine_trace_and_write(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = T2Diff(small_cfg(steps=4), make_info()).train()
+    rows = diffusion_cosine_trace(model, [make_batch(seed=0), make_batch(seed=1)])
+    assert model.training  # mode restored
+    assert [r["t"] for r in rows] == [4, 3, 2, 1] and [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["n"] == 2 * B and -1.0 <= r["cos_last_mean"] <= 1.0 for r in rows)
+    assert rows == diffusion_cosine_trace(model, [make_batch(seed=0), make_batch(seed=1)])  # seeded
+    paths = write_trace(rows, tmp_path / "trace")
+    assert paths["csv"].read_text().splitlines()[0].startswith("t,iteration,n,cos_last_mean")
+    assert len(paths["csv"].read_text().splitlines()) == 5
+    if "png" in paths:
+        assert paths["png"].stat().st_size > 0

@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from t2diff.checkpoint import build_from_checkpoint
+from t2diff.config import load_config
+from t2diff.data.prepared import PreparedDataset
+from t2diff.data.protocols import leave_one_out
+from t2diff.evaluate import rank_examples
+from t2diff.train import Trainer, TrainingError
+
+SMALL = ["model.hidden=16", "model.num_blocks=1", "model.ffn_dim=32", "data.max_len=12",
+         "train.batch_size=16", "train.lr=0.005", "eval.ks=[5,10]", "train.select_metric=ndcg@10"]
+
+
+def _cfg(path, *extra):
+    return load_config(None, [f"data.path={path}", *SMALL, *extra])
+
+
+def test_train_learns_and_writes_outputs(synthetic_prepared, tmp_path):
+    out = Trainer(_cfg(synthetic_prepared, "train.epochs=8"), tmp_path / "run", progress=False,
+                  log=lambda s: None).fit()
+    ds = PreparedDataset.load(synthetic_prepared)
+    # the synthetic users walk through items in fixed strides: far better than random (10/num_items)
+    assert out["test"]["recall@10"] > 3 * 10 / ds.num_items
+    for f in ("last.pt", "best.pt", "metrics.json", "metrics.jsonl", "config.yaml"):
+        assert (tmp_path / "run" / f).exists()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    assert out["selected_epoch"] == max(rows, key=lambda r: r["valid"]["ndcg@10"])["epoch"]
+
+
+def test_resume_after_interruption_matches_uninterrupted(synthetic_prepared, tmp_path, monkeypatch):
+    cfg = _cfg(synthetic_prepared, "train.epochs=4")
+    full = Trainer(cfg, tmp_path / "a", progress=False, log=lambda s: None).fit()
+
+    calls = {"n": 0}
+    real = Trainer.train_epoch
+
+    def crash_in_third_epoch(self, epoch):
+        calls["n"] += 1
+        if epoch == 3:
+            real(self, epoch)  # the epoch's updates happen but its checkpoint is never written
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "b", progress=False, log=lambda s: None).fit()
+    monkeypatch.setattr(Trainer, "train_epoch", real)
+    with pytest.raises(TrainingError, match="already holds a run"):
+        Trainer(cfg, tmp_path / "b", progress=False, log=lambda s: None).fit()
+    resumed = Trainer(cfg, tmp_path / "b", progress=False, log=lambda s: None).fit(resume=True)
+    assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
+    assert resumed["selected_epoch"] == full["selected_epoch"]
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_seeded_runs_identical_and_paper_protocol(synthetic_prepared, tmp_path):
+    cfg = _cfg(synthetic_prepared, "train.epochs=2", "data.protocol=paper", "train.report_max_over_epochs=true")
+    a = Trainer(cfg, tmp_path / "a", progress=False, log=lambda s: None).fit()
+    b = Trainer(cfg, tmp_path / "b", progress=False, log=lambda s: None).fit()
+    assert a["test"] == b["test"]
+    assert "valid" not in a and a["test_from"].startswith("last epoch")
+    label = [k for k in a if k.startswith("test_max_over_epochs")]
+    assert label and "optimistic" in label[0]
+    assert a[label[0]]["recall@10"] >= a["test"]["recall@10"]
+
+
+def test_non_finite_loss_is_a_clear_error(synthetic_prepared, tmp_path):
+    cfg = _cfg(synthetic_prepared, "train.epochs=1", "train.lr=1e30", "train.grad_clip=null")
+    tr = Trainer(cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    with torch.no_grad():
+        tr.model.item_emb.weight.mul_(float("nan"))
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at epoch 1, step 0"):
+        tr.fit()
+
+
+def test_evaluation_independent_of_batch_size_and_never_ranks_padding(synthetic_prepared, tmp_path):
+    Trainer(_cfg(synthetic_prepared, "train.epochs=1"), tmp_path / "run", progress=False, log=lambda s: None).fit()
+    model, cfg, ds = build_from_checkpoint(tmp_path / "run")
+    ex = leave_one_out(ds).test
+    ranks = [rank_examples(model, ds, ex, cfg.data.max_len, batch_size=bs) for bs in (1, 7, 1000)]
+    assert np.array_equal(ranks[0], ranks[1]) and np.array_equal(ranks[0], ranks[2])
+    assert ranks[0].max() <= ds.num_items and ranks[0].min() >= 1
+    masked = rank_examples(model, ds, ex, cfg.data.max_len, mask_seen=True)
+    seen = np.array([ds.history(u)[j] in set(ds.history(u)[:j]) for u, j in zip(ex.users, ex.positions,
+                                                                                  strict=True)])
+    assert seen.any() and (~seen).any()
+    assert (masked[~seen] <= ranks[0][~seen]).all()  # hiding seen items can only move an unseen target up
+    assert (masked[seen] == 1 + ds.num_items - np.array([len(set(ds.history(u)[:j])) for u, j in
+                                                     zip(ex.users[seen], ex.positions[seen], strict=True)])).all()
+
+
+def test_cli_end_to_end(tmp_path):
+    from conftest import write_synthetic_log
+
+    from t2diff.cli import main
+
+    log = write_synthetic_log(tmp_path / "log.csv")
+    assert main(["prepare", "generic", "--input", str(log), "--user-col", "user", "--item-col", "item",
+                 "--time-col", "ts", "--out", str(tmp_path / "p")]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), "--no-progress", f"data.path={tmp_path / 'p'}", *SMALL,
+                 "train.epochs=2"]) == 0
+    assert main(["evaluate", str(run), "--no-progress", "--ks", "1", "5"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m["evaluate"]["metrics"]) >= {"recall@1", "mrr@5", "ndcg@5"}
+    assert m["evaluate"]["metrics"]["recall@5"] == pytest.approx(m["test"]["recall@5"])
+    assert main(["train", "--run-dir", str(tmp_path / "r2"), "data.nope=1"]) == 2
