@@ -1,0 +1,73 @@
+"""Benchmark: full-ranking evaluation of every ML-1M user (leave-one-out test, 6,040 users x 3,706 items).
+
+Times ``rank_examples`` (user tower + one matrix product per chunk + rank counting) for SASRec at the history
+lengths of our configs, and, as a same-run reference, the bare score matrix product for the same users, so the
+ratio is meaningful on a noisy machine. Target: <= 2 s on a 2-core machine.
+
+    .venv/bin/python benchmarks/bench_eval.py [--data cache/ml-1m] [--repeats 3]
+
+Writes benchmarks/results/eval.json and eval.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from t2diff.checkpoint import build_model
+from t2diff.config import load_config
+from t2diff.data.prepared import PreparedDataset
+from t2diff.data.protocols import leave_one_out
+from t2diff.evaluate import rank_examples
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="cache/ml-1m")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    ds = PreparedDataset.load(args.data)
+    ex = leave_one_out(ds).test
+    rows = []
+    for max_len in (50, 200):
+        cfg = load_config("configs/ml-1m/sasrec.yaml", [f"data.path={args.data}", f"data.max_len={max_len}"])
+        torch.manual_seed(0)
+        model = build_model(cfg, ds).eval()
+        full = timed(lambda m=model, L=max_len: rank_examples(m, ds, ex, L, batch_size=512), args.repeats)
+        u = torch.randn(len(ex), cfg.model.get("hidden", 64))
+        items = model.item_embeddings().detach()
+        ref = timed(lambda: (u @ items.T).max(), args.repeats)
+        rows.append({"model": "sasrec", "max_len": max_len, "users": len(ex), "items": ds.num_items,
+                     "seconds": round(full, 3), "score_matmul_seconds": round(ref, 4),
+                     "ratio_to_matmul": round(full / ref, 1)})
+        print(rows[-1])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+            "command": "python benchmarks/bench_eval.py", "target_seconds": 2.0}
+    (out / "eval.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    md = ["| model | L | users | items | full-ranking eval (s) | score matmul alone (s) | ratio |", "|---" * 7 + "|"]
+    md += [f"| {r['model']} | {r['max_len']} | {r['users']} | {r['items']} | {r['seconds']} | "
+           f"{r['score_matmul_seconds']} | {r['ratio_to_matmul']} |" for r in rows]
+    (out / "eval.md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
