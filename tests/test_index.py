@@ -225,3 +225,7 @@ def test_errors(data: tuple[np.ndarray, np.ndarray]) -> None:
         IndexConfig("l2")
     with pytest.raises(ValueError, match="unknown IndexConfig keys"):
         IndexConfig.from_dict({"kind": "hnsw", "efSearch": 10})
+    with pytest.raises(ValueError, match="nprobe"):
+        IndexConfig.from_dict({"kind": "ivf", "nprobe": "8"})
+    with pytest.raises(ValueError, match="ef_search"):
+        ItemIndex.build(table[:20], cfg=IndexConfig("hnsw")).set_search_params(ef_search=0)

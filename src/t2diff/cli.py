@@ -12,6 +12,8 @@ COMMANDS: list[str] = [
     "prepare",
     "train",
     "evaluate",
+    "diagnose",
+    "compare",
 ]
 
 

@@ -39,6 +39,9 @@ class TrainConfig:
     loss: str = "full"  # full | sampled (sampled softmax with logQ correction)
     num_negatives: int = 1024  # sampled softmax
     negative_sampler: str = "popularity"  # uniform | popularity | in_batch | mixed
+    # causal models: a loss at every position of each window (None = auto: yes when the protocol's windows
+    # cover each target once (loo), no when it fixes the target positions (paper: the loss is on those only))
+    all_positions: bool | None = None
     threads: int | None = None  # torch intra-op threads; None = torch default
     report_max_over_epochs: bool = False  # paper: also report the authors' max-over-epochs test number
 

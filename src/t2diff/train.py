@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from t2diff import checkpoint
+from t2diff import checkpoint, distributed
 from t2diff.config import ExperimentConfig
 from t2diff.data.batching import make_batch
 from t2diff.data.prepared import PreparedDataset
-from t2diff.data.protocols import Split, make_split
-from t2diff.evaluate import evaluate
+from t2diff.data.protocols import Examples, Split, make_split
+from t2diff.evaluate import rank_examples
+from t2diff.metrics import metrics_from_ranks
 from t2diff.models.base import SeqRecModel
 
 MAX_LABEL = "test_max_over_epochs (the authors' reporting: selected on the test set, optimistic)"
@@ -65,7 +66,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True, device: str = "cpu",
                  log: Any = print) -> None:
-        self.cfg, self.run_dir, self.progress, self.device, self.log = cfg, Path(run_dir), progress, device, log
+        self.dist, device = distributed.init_from_env(device)
+        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
+        self.progress = progress and self.dist.is_main
+        self.log = log if self.dist.is_main else (lambda s: None)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.ds = PreparedDataset.load(cfg.data.path)
@@ -73,17 +77,24 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model = checkpoint.build_model(cfg, self.ds).to(device)
         attach_loss(self.model, cfg, self.ds)
+        self.train_module = distributed.wrap(self.model, self.dist, device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.state = TrainState()
         self.ks = sorted(set(cfg.eval.ks) | {int(cfg.train.select_metric.split("@")[1])})
+        ap = cfg.train.all_positions
+        self.all_positions = self.split.fixed_train is None if ap is None else ap
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def _save(self, name: str, with_optimizer: bool) -> None:
+        if not self.dist.is_main:  # rank 0 writes; the others wait at the barrier
+            self.dist.barrier()
+            return
         obj: dict[str, Any] = {"config": self.cfg.to_dict(), "model_state": self.model.state_dict(),
                                "epoch": self.state.epoch, "state": self.state.__dict__.copy()}
         if with_optimizer:
             obj["optimizer_state"] = self.opt.state_dict()
         checkpoint.save_atomic(obj, self.run_dir / name)
+        self.dist.barrier()
 
     def resume(self) -> None:
         ck = checkpoint.load(self.run_dir / "last.pt")
@@ -94,7 +105,8 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer_state"])
         self.state = TrainState(**ck["state"])
         # the log is rewritten from the checkpoint so an epoch cut off mid-way never appears twice
-        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n"
+        if self.dist.is_main:
+            (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n"
                                                             for r in self.state.history))
         self.log(f"resumed from {self.run_dir / 'last.pt'} after epoch {self.state.epoch}")
 
@@ -104,15 +116,18 @@ class Trainer:
         rng = np.random.default_rng(_epoch_seed(cfg.train.seed, epoch))
         torch.manual_seed(_epoch_seed(cfg.train.seed, epoch))  # dropout etc.: resume-proof
         ex = self.split.train_examples(rng, self.model.causal, cfg.data.max_len, cfg.data.train_targets)
-        order = rng.permutation(len(ex))
+        order = rng.permutation(len(ex))[distributed.shard(len(ex), self.dist)]
         users, pos = ex.users[order], ex.positions[order]
         self.model.train()
         total, steps = 0.0, 0
-        bs = cfg.train.batch_size
+        bs = max(1, cfg.train.batch_size // self.dist.world)  # train.batch_size is the global batch
         bar = tqdm(range(0, len(users), bs), desc=f"epoch {epoch}", disable=not self.progress, leave=False)
         for s in bar:
             batch = make_batch(self.ds, users[s: s + bs], pos[s: s + bs], cfg.data.max_len).to(self.device)
-            loss, parts = self.model.loss(batch)
+            if not self.all_positions:  # only the example's own target counts
+                batch.pos_targets.zero_()
+                batch.pos_targets[:, -1] = batch.target
+            loss, parts = self.train_module(batch)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch}, step {steps} ({parts}); the last "
@@ -128,10 +143,18 @@ class Trainer:
         return total / max(steps, 1)
 
     def eval_on(self, which: str) -> dict[str, float]:
+        """Full ranking; under DDP each rank ranks a shard and the ranks are gathered, so the metrics are
+        exactly those of one process with the same weights."""
         ex = self.split.valid if which == "valid" else self.split.test
         assert ex is not None
-        return evaluate(self.model, self.ds, ex, self.cfg.data.max_len, self.ks, self.cfg.eval.batch_size,
-                        self.cfg.eval.mask_seen, self.progress, self.device)
+        idx = np.arange(self.dist.rank, len(ex), self.dist.world)
+        mine = Examples(ex.users[idx], ex.positions[idx])
+        local = rank_examples(self.model, self.ds, mine, self.cfg.data.max_len, self.cfg.eval.batch_size,
+                              self.cfg.eval.mask_seen, self.progress, self.device)
+        ranks = distributed.gather_ranks(local, idx, len(ex), self.dist)
+        out = metrics_from_ranks(ranks, self.ks)
+        out["num_examples"] = len(ex)
+        return out
 
     # ---- the loop ----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -145,7 +168,8 @@ class Trainer:
         elif resume:
             self.log(f"nothing to resume in {self.run_dir}; starting from scratch")
         st = self.state  # bound after a resume replaced it
-        (self.run_dir / "config.yaml").write_text(_yaml(cfg.to_dict()))
+        if self.dist.is_main:
+            (self.run_dir / "config.yaml").write_text(_yaml(cfg.to_dict()))
         has_valid = self.split.valid is not None
         while st.epoch < cfg.train.epochs and not (has_valid and st.bad_epochs >= cfg.train.patience):
             epoch = st.epoch + 1
@@ -168,8 +192,9 @@ class Trainer:
             st.epoch = epoch
             st.history.append(row)
             self._save("last.pt", with_optimizer=True)
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+            if self.dist.is_main:
+                with open(self.run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row, sort_keys=True) + "\n")
             self.log(_summary(row, cfg.train.select_metric))
         return self.finish()
 
@@ -189,7 +214,10 @@ class Trainer:
             out["test_from"] = "last epoch (no validation set under the paper protocol)"
             if cfg.train.report_max_over_epochs and st.history:
                 out[MAX_LABEL] = {k: max(h["test"][k] for h in st.history) for k in st.history[-1]["test"]}
-        (self.run_dir / "metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+        out["world_size"] = self.dist.world
+        if self.dist.is_main:
+            (self.run_dir / "metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+        self.dist.barrier()
         return out
 
 

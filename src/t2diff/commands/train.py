@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from t2diff import distributed
     from t2diff.train import Trainer, TrainingError
 
     try:
@@ -31,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
         out = trainer.fit(resume=args.resume)
     except (ConfigError, DataError, TrainingError) as e:
         return fail(str(e))
+    distributed.cleanup(trainer.dist)
+    if not trainer.dist.is_main:
+        return 0
     rows = {k: v for k, v in out.items() if isinstance(v, dict) and k not in ("valid",)}
     if "valid" in out:
         rows = {"valid": out["valid"], **rows}

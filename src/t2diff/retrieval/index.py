@@ -55,13 +55,13 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"IndexConfig.kind must be one of {KINDS}, got {self.kind!r}")
-        for name in ("nprobe", "hnsw_m", "ef_construction", "ef_search"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("nlist", "train_size"):
+        for name in ("nlist", "nprobe", "train_size", "seed", "hnsw_m", "ef_construction", "ef_search"):
             v = getattr(self, name)
-            if v is not None and int(v) < 1:
-                raise ValueError(f"IndexConfig.{name} must be >= 1 or None, got {v}")
+            if v is None and name in ("nlist", "train_size"):
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
+                raise ValueError(f"IndexConfig.{name} must be an integer >= {0 if name == 'seed' else 1}, "
+                                 f"got {v!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
@@ -178,11 +178,11 @@ class ItemIndex:
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Change the recall/latency knobs in place (not thread-safe against concurrent searches)."""
-        if nprobe is not None:
-            self.cfg.nprobe = int(nprobe)
-        if ef_search is not None:
-            self.cfg.ef_search = int(ef_search)
-        self.cfg.__post_init__()
+        self.cfg = replace(
+            self.cfg,
+            nprobe=self.cfg.nprobe if nprobe is None else nprobe,
+            ef_search=self.cfg.ef_search if ef_search is None else ef_search,
+        )  # replace() re-validates
         self._apply_search_params()
 
     def _apply_search_params(self) -> None:

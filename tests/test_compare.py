@@ -1,0 +1,100 @@
+"""``t2diff compare`` on the synthetic fixture: the table's files, rows, columns and parameter counts, the
+paper's rows, forced shared settings, and a disagreeing data.path as an error."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from t2diff.checkpoint import build_from_checkpoint
+from t2diff.cli import main
+from t2diff.compare import CompareOptions, paper_table2, resolve_entries
+from t2diff.config import ConfigError
+from t2diff.models.base import count_parameters
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ml-1m"
+TINY = ["train.epochs=1", "data.max_len=12", "train.batch_size=32", "eval.ks=[2,20]", "train.threads=1"]
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "compare.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_compare_paper_protocol_with_paper_rows(synthetic_prepared, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--models", "sasrec", "caser", "dat", "--config-dir", str(CONFIGS), "--protocol", "paper",
+            "--out", str(out), "--paper", "--paper-dataset", "ml-1m", "--max-over-epochs", "--no-progress",
+            f"data.path={synthetic_prepared}", *TINY]
+    assert main(argv) == 0
+    assert (out / "compare.md").exists() and (out / "compare.csv").exists()
+    rows = _rows(out)
+    ours = [r for r in rows if r["source"] == "ours"]
+    paper = [r for r in rows if r["source"] == "paper Table 2"]
+    assert [r["model"] for r in ours] == ["sasrec", "caser", "dat"]
+    assert [r["model"] for r in paper] == ["SASRec", "Caser", "DAT+"]  # each right after ours
+    assert [r["model"] for r in rows] == ["sasrec", "SASRec", "caser", "Caser", "dat", "DAT+"]
+    for c in ("recall@2", "recall@20", "mrr@2", "mrr@20", "ndcg@2", "ndcg@20", "params", "params_mb_fp32",
+              "train_seconds", "wall_seconds", "infer_ms_per_sample", "epochs", "reported",
+              "max_over_epochs:recall@20"):
+        assert c in rows[0], c
+    for r in ours:
+        model, cfg, _ = build_from_checkpoint(out / "runs" / r["model"])
+        assert int(r["params"]) == count_parameters(model)
+        assert float(r["params_mb_fp32"]) == pytest.approx(count_parameters(model) * 4 / 1e6, abs=1e-3)
+        assert r["epochs"] == "1" and r["reported"].startswith("test @ last epoch")
+        assert cfg.data.protocol == "paper" and cfg.data.max_len == 12
+        assert float(r["infer_ms_per_sample"]) > 0
+        assert float(r["max_over_epochs:recall@20"]) >= float(r["recall@20"])
+    assert float(paper[0]["recall@20"]) == pytest.approx(0.15564)  # SASRec, ML-1M, as published
+    assert paper[0]["ndcg@20"] == ""  # the paper reports no NDCG
+    md = (out / "compare.md").read_text()
+    assert "paper Table 2" in md and "t2diff compare --models sasrec caser dat" in md
+    assert "authors' reporting" in md and "optimistic" in md
+
+    # --resume: finished runs are reused, not retrained, with the same numbers
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert capsys.readouterr().out.count("reusing the finished run") == 3
+    again = _rows(out)
+    assert [r["recall@20"] for r in again] == [r["recall@20"] for r in rows]
+
+
+def test_compare_loo_without_paper(synthetic_prepared, tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--models", "gru4rec", "bert4rec", "--config-dir", str(CONFIGS), "--out", str(out),
+                 "--no-progress", f"data.path={synthetic_prepared}", *TINY, "train.select_metric=ndcg@2"]) == 0
+    rows = _rows(out)
+    assert [r["model"] for r in rows] == ["gru4rec", "bert4rec"] and {r["source"] for r in rows} == {"ours"}
+    assert all("selected on valid ndcg@2" in r["reported"] for r in rows)
+    assert "paper Table 2" not in (out / "compare.md").read_text()
+
+
+def _write(path: Path, **sections: dict) -> Path:
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+def test_disagreeing_data_path_is_an_error_unless_overridden(synthetic_prepared, tmp_path, capsys):
+    a = _write(tmp_path / "a.yaml", data={"path": str(synthetic_prepared), "max_len": 12}, model={"name": "sasrec"})
+    b = _write(tmp_path / "b.yaml", data={"path": str(tmp_path / "elsewhere"), "max_len": 20},
+               model={"name": "caser"}, train={"seed": 7})
+    assert main(["compare", "--configs", str(a), str(b), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "disagree on data.path" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "runs").exists()
+
+    entries, notes = resolve_entries(CompareOptions(out=tmp_path / "o", configs=[a, b],
+                                                    overrides=[f"data.path={synthetic_prepared}"]))
+    # the shared settings follow the first config; every forced change is noted
+    assert [e.cfg.data.max_len for e in entries] == [12, 12] and [e.cfg.train.seed for e in entries] == [2025] * 2
+    assert any("data.max_len 20 -> 12" in n for n in notes) and any("train.seed 7 -> 2025" in n for n in notes)
+
+
+def test_paper_table2_values():
+    ml = paper_table2("ml-1m")
+    assert ml["T2Diff"].metrics == {"recall@2": 0.07738, "recall@20": 0.27727, "mrr@2": 0.06076, "mrr@20": 0.0873}
+    kr = paper_table2("kuairand")  # printed x10 in the paper: back to raw metrics
+    assert kr["T2Diff"].metrics["recall@100"] == pytest.approx(0.025294)
+    with pytest.raises(ConfigError):
+        paper_table2("generic")
