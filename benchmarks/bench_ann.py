@@ -46,15 +46,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", choices=("normal", "clustered"), default="normal",
+                   help="normal: i.i.d. N(0, I) (the issue's setting, IVF's worst case); clustered: a Gaussian "
+                        "mixture (--clusters centres N(0, I) plus N(0, noise^2 I))")
+    p.add_argument("--clusters", type=int, default=1000)
+    p.add_argument("--noise", type=float, default=1.0, help="within-cluster sd for --data clustered")
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default: min(4*sqrt(N), N/39))")
     p.add_argument("--nprobe", type=_ints, default=_ints("32,128,512,1024,2048"))
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=64)
-    p.add_argument("--ef-search", type=_ints, default=_ints("128,256,512,1024"))
+    p.add_argument("--ef-search", type=_ints, default=_ints("128,256,512,1024,2048"))
     p.add_argument("--kinds", default="flat,ivf,hnsw")
     p.add_argument("--build-threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--search-threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--name", default="ann", help="report file stem: <out>/<name>.json and .md")
     return p.parse_args(argv)
 
 
@@ -68,12 +74,25 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def make_data(a: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(a.seed)
+    if a.data == "normal":
+        return (rng.standard_normal((a.n, a.dim), dtype=np.float32),
+                rng.standard_normal((a.queries, a.dim), dtype=np.float32))
+    centres = rng.standard_normal((a.clusters, a.dim), dtype=np.float32)
+
+    def draw(n: int) -> np.ndarray:
+        x = centres[rng.integers(0, a.clusters, n)]
+        x += a.noise * rng.standard_normal((n, a.dim), dtype=np.float32)
+        return x
+
+    return draw(a.n), draw(a.queries)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     kinds = a.kinds.split(",")
-    rng = np.random.default_rng(a.seed)
-    items = rng.standard_normal((a.n, a.dim), dtype=np.float32)  # [N, D]
-    queries = rng.standard_normal((a.queries, a.dim), dtype=np.float32)  # [Q, D]
+    items, queries = make_data(a)  # [N, D], [Q, D]
     ids = np.arange(1, a.n + 1, dtype=np.int64)  # item ids 1..N (0 = padding, never indexed)
     faiss.omp_set_num_threads(a.build_threads)
     report_kw = dict(k=a.k, num_queries=None, latency_queries=a.queries, threads=a.search_threads)
@@ -117,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": "python benchmarks/bench_ann.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "setup": {
             "items": a.n, "dim": a.dim, "queries": a.queries, "k": a.k, "seed": a.seed,
-            "data": "standard normal items and queries (float32), inner product",
+            "data": ("standard normal" if a.data == "normal" else
+                     f"Gaussian-mixture ({a.clusters} clusters, noise sd {a.noise})") + " items and queries (float32)",
             "build_threads": a.build_threads, "search_threads": a.search_threads,
             "latency": "one query per search() call through ItemIndex (Python overhead included)",
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
@@ -128,8 +148,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": rows,
     }
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "ann.json").write_text(json.dumps(result, indent=2) + "\n")
-    (a.out / "ann.md").write_text(to_markdown(result))
+    (a.out / f"{a.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (a.out / f"{a.name}.md").write_text(to_markdown(result))
     print(to_markdown(result))
     return result
 
@@ -137,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def to_markdown(res: dict[str, Any]) -> str:
     s, k = res["setup"], res["setup"]["k"]
     lines = [
-        "# ANN benchmark (inner product)",
+        "# ANN benchmark (inner product, single-query latency)",
         "",
         f"`{res['command']}` on {s['date']}: {s['items']:,} x {s['dim']} {s['data']}; {s['queries']} queries; "
         f"faiss {s['faiss']}, {s['cpu_count']} CPUs ({s['machine']}), build threads {s['build_threads']}, "

@@ -90,6 +90,14 @@ def test_disagreeing_data_path_is_an_error_unless_overridden(synthetic_prepared,
     assert [e.cfg.data.max_len for e in entries] == [12, 12] and [e.cfg.train.seed for e in entries] == [2025] * 2
     assert any("data.max_len 20 -> 12" in n for n in notes) and any("train.seed 7 -> 2025" in n for n in notes)
 
+    # MODEL:KEY=VALUE reaches one model only (its own epoch budget); a label matching no model is an error
+    entries, _ = resolve_entries(CompareOptions(out=tmp_path / "o", configs=[a, b], overrides=[
+        f"data.path={synthetic_prepared}", "caser:train.epochs=3", "a:train.lr=0.01"]))
+    assert [e.cfg.train.epochs for e in entries] == [50, 3] and [e.cfg.train.lr for e in entries] == [0.01, 0.001]
+    with pytest.raises(ConfigError, match="match no compared model"):
+        resolve_entries(CompareOptions(out=tmp_path / "o", configs=[a, b], overrides=[
+            f"data.path={synthetic_prepared}", "gru4rec:train.epochs=3"]))
+
 
 def test_paper_table2_values():
     ml = paper_table2("ml-1m")

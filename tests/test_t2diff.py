@@ -253,3 +253,18 @@ def test_diffusion_cosine_trace_and_write(tmp_path) -> None:
     assert len(paths["csv"].read_text().splitlines()) == 5
     if "png" in paths:
         assert paths["png"].stat().st_size > 0
+
+
+def test_time_gap_session_moves_older_behaviours_to_history() -> None:
+    torch.manual_seed(0)
+    cfg_gap = small_cfg(diffusion=False, session_gap=7200)
+    model = T2Diff(cfg_gap, make_info(has_time=True)).eval()
+    plain = T2Diff(small_cfg(diffusion=False), make_info(has_time=True)).eval()
+    plain.load_state_dict(model.state_dict())
+    batch = make_batch()
+    batch.seq_time[0, -2:] += 10**6  # a gap of ~11 days before the last two behaviours of row 0
+    with torch.no_grad():
+        a, b = model.user_embeddings(batch), plain.user_embeddings(batch)
+    assert not torch.allclose(a[0], b[0])  # row 0's session is cut at the gap
+    torch.testing.assert_close(a[3], b[3])  # rows without a long gap are unchanged
+    assert bool(a.isfinite().all())

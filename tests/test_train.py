@@ -110,3 +110,19 @@ def test_cli_end_to_end(tmp_path):
     assert set(m["evaluate"]["metrics"]) >= {"recall@1", "mrr@5", "ndcg@5"}
     assert m["evaluate"]["metrics"]["recall@5"] == pytest.approx(m["test"]["recall@5"])
     assert main(["train", "--run-dir", str(tmp_path / "r2"), "data.nope=1"]) == 2
+
+
+def test_paper_protocol_causal_loss_only_on_fixed_targets(synthetic_prepared, tmp_path, monkeypatch):
+    seen = []
+    tr = Trainer(_cfg(synthetic_prepared, "train.epochs=1", "data.protocol=paper"), tmp_path / "r",
+                 progress=False, log=lambda s: None)
+    real = tr.model.loss
+
+    def spy(batch):
+        seen.append(batch.pos_targets.clone())
+        assert (batch.pos_targets[:, -1] == batch.target).all()
+        return real(batch)
+
+    monkeypatch.setattr(tr.model, "loss", spy)
+    tr.train_epoch(1)
+    assert seen and all(int((p[:, :-1] != 0).sum()) == 0 for p in seen)

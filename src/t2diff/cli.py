@@ -14,6 +14,9 @@ COMMANDS: list[str] = [
     "evaluate",
     "diagnose",
     "compare",
+    "export",
+    "retrieve",
+    "serve",
 ]
 
 

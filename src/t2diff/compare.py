@@ -59,7 +59,7 @@ class CompareOptions:
     configs: list[Path] = field(default_factory=list)  # or explicit config files
     config_dir: Path = Path("configs/ml-1m")
     protocol: str | None = None  # None: the first config's protocol
-    overrides: list[str] = field(default_factory=list)  # applied to every model
+    overrides: list[str] = field(default_factory=list)  # applied to every model; "MODEL:KEY=VALUE" to one
     paper: bool = False  # add the paper's Table 2 rows
     paper_dataset: str | None = None  # which Table 2 columns; None: the prepared dataset's name
     max_over_epochs: bool = False  # paper protocol: add the authors' max-over-epochs numbers
@@ -127,35 +127,62 @@ def _overridden(overrides: list[str], key: str) -> bool:
 
 
 def config_path_for(model: str, config_dir: Path, protocol: str | None) -> Path:
-    """``<model>-paper.yaml`` under the paper protocol when it exists, else ``<model>.yaml``."""
-    if protocol == "paper" and (config_dir / f"{model}-paper.yaml").exists():
-        return config_dir / f"{model}-paper.yaml"
+    """``<model>-<protocol>.yaml`` (e.g. sasrec-paper.yaml, t2diff-loo.yaml) when it exists, else ``<model>.yaml``
+    (its protocol is then overridden by the forced one)."""
+    if protocol and (config_dir / f"{model}-{protocol}.yaml").exists():
+        return config_dir / f"{model}-{protocol}.yaml"
     p = config_dir / f"{model}.yaml"
     if not p.exists():
         raise ConfigError(f"no config for model {model!r}: {p} not found (pass --configs or --config-dir)")
     return p
 
 
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Shared overrides, and per-model ones written ``MODEL:KEY=VALUE`` (e.g. ``sasrec:train.epochs=6``, so
+    each model gets its own epoch budget); MODEL is a model name or a config file's stem."""
+    shared: list[str] = []
+    per: dict[str, list[str]] = {}
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if ":" in key:  # only the key is looked at: values may hold ':'
+            label, rest = o.split(":", 1)
+            per.setdefault(label, []).append(rest)
+        else:
+            shared.append(o)
+    return shared, per
+
+
 def resolve_entries(opts: CompareOptions) -> tuple[list[Entry], list[str]]:
-    """Load every model's config with the shared overrides, check data.path and force the shared settings.
-    Returns the entries and notes on each forced change."""
+    """Load every model's config with the shared (then its own) overrides, check data.path and force the shared
+    settings. Returns the entries and notes on each forced change."""
     if opts.models and opts.configs:
         raise ConfigError("give --models (configs looked up in --config-dir) or --configs, not both")
     if not opts.models and not opts.configs:
         raise ConfigError("nothing to compare: give --models or --configs")
+    shared, per = split_overrides(opts.overrides)
     extra = [f"data.protocol={opts.protocol}"] if opts.protocol else []
+    used: set[str] = set()
+
+    def own(*labels: str) -> list[str]:
+        hits = [lab for lab in dict.fromkeys(labels) if lab in per]
+        used.update(hits)
+        return [o for lab in hits for o in per[lab]]
+
     entries: list[Entry] = []
     if opts.configs:
         for p in opts.configs:
-            cfg = load_config(p, [*extra, *opts.overrides])
-            entries.append(Entry(cfg.model["name"], Path(p), cfg))
+            name = load_config(p, [*extra, *shared]).model["name"]
+            cfg = load_config(p, [*extra, *shared, *own(name, Path(p).stem)])
+            entries.append(Entry(name, Path(p), cfg))
     else:
         for m in opts.models:
             p = config_path_for(m, opts.config_dir, opts.protocol)
-            cfg = load_config(p, [*extra, *opts.overrides])
+            cfg = load_config(p, [*extra, *shared, *own(m)])
             if cfg.model["name"] != m:
                 raise ConfigError(f"{p} configures model {cfg.model['name']!r}, not {m!r}")
             entries.append(Entry(m, p, cfg))
+    if set(per) - used:
+        raise ConfigError(f"per-model override(s) for {sorted(set(per) - used)} match no compared model")
     seen: dict[str, int] = {}
     for e in entries:  # two configs of one model: label the runs by config file name
         seen[e.name] = seen.get(e.name, 0) + 1
@@ -165,7 +192,7 @@ def resolve_entries(opts: CompareOptions) -> tuple[list[Entry], list[str]]:
     if len({e.name for e in entries}) < len(entries):
         raise ConfigError(f"run labels collide: {[e.name for e in entries]}; give configs distinct file names")
 
-    if not _overridden(opts.overrides, "data.path"):
+    if not _overridden(shared, "data.path"):
         paths = {str(Path(e.cfg.data.path).resolve()) for e in entries}
         if len(paths) > 1:
             listing = ", ".join(f"{e.config_path}: {e.cfg.data.path}" for e in entries)
@@ -372,8 +399,10 @@ class Report:
             f"- machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
             f"{torch.get_num_threads()} torch thread(s), device {self.opts.device}",
         ]
-        if self.opts.overrides:
-            lines.append(f"- overrides applied to every model: `{' '.join(self.opts.overrides)}`")
+        shared, per = split_overrides(self.opts.overrides)
+        if shared:
+            lines.append(f"- overrides applied to every model: `{' '.join(shared)}`")
+        lines += [f"- overrides for {label} only: `{' '.join(ovs)}`" for label, ovs in per.items()]
         lines += [f"- forced: {n}" for n in self.notes]
         lines += ["", "| " + " | ".join(["model", "source", "reported", *cols, "params", "MB fp32", "train s",
                                           "wall s", "epochs", "infer ms/sample"]) + " |",

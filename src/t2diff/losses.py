@@ -38,9 +38,11 @@ class SampledSoftmaxLoss:
     ``- log E[count_j]`` where ``E[count_j] = sum over samplers of (draws * Q(j))`` (for one sampler that is
     ``log Q(j)`` plus the constant ``log draws``). Then ``exp(o_t) + sum_neg exp(o_j - log E[count_j])`` is an
     unbiased estimate of the full partition function once accidental hits (negative == target) are
-    removed, so the loss and its gradient approach full softmax as the sample grows. Duplicate draws are
-    merged into one column with ``+ log(count)``, which leaves the value unchanged and bounds the logit
-    matrix at [N, 1 + unique candidates].
+    removed, so the loss and its gradient approach full softmax as the sample grows (consistent; biased at
+    small samples as any ratio estimator). Yi et al. also subtract log Q from the positive logit, which
+    moves the positive's softmax weight away from its full-softmax value; here it stays uncorrected.
+    Duplicate draws are merged into one column with ``+ log(count)``, which leaves the value unchanged and
+    bounds the logit matrix at [N, 1 + unique candidates].
 
     ``item_counts`` [I+1] (id-indexed, entry 0 ignored; e.g. ``bincount(train_targets, minlength=I+1)``) is
     required by every sampler but ``uniform``. Counts are floored at 1 so every item has Q > 0 (an item never

@@ -10,7 +10,7 @@ from t2diff.commands.common import add_progress_arg, fail
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="train several models under one protocol and tabulate them",
-                       description="Train and evaluate each model (configs/<dataset>/<model>[-paper].yaml, or "
+                       description="Train and evaluate each model (<config-dir>/<model>[-<protocol>].yaml, or "
                        "--configs) on ONE prepared dataset and protocol with the same seeds; data.path must agree "
                        "(or be overridden); protocol, split, seeds, max_len and eval.ks are forced to the first "
                        "model's. Writes OUT/compare.md and OUT/compare.csv; each run goes to OUT/runs/<model>.")
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config-dir", type=Path, default=Path("configs/ml-1m"),
                    help="where --models' configs are (default: %(default)s)")
     p.add_argument("--protocol", choices=["paper", "loo"],
-                   help="force this protocol (paper: prefer <model>-paper.yaml); default: the first config's")
+                   help="force this protocol (prefer <model>-<protocol>.yaml); default: the first config's")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--paper", action="store_true", help="add the paper's Table 2 numbers beside ours")
     p.add_argument("--paper-dataset", choices=["ml-1m", "kuairand"],
@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--infer-batch", type=int, default=256, help="batch size for the inference timing")
     p.add_argument("--infer-repeats", type=int, default=5, help="timed repeats (median is reported)")
     add_progress_arg(p)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every model")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides applied to every model; MODEL:KEY=VALUE to one (sasrec:train.epochs=6)")
     p.set_defaults(func=run)
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
+from t2diff.data.sessions import session_mask
 from t2diff.diffusion.schedule import REVERSE_NOISE, SCHEDULES, NoiseSchedule
 from t2diff.models.base import DataInfo, SeqRecModel
 from t2diff.models.layers import TransformerBlock
@@ -36,6 +37,9 @@ KL_LOSSES = ("mse", "l2")
 class T2DiffConfig:
     hidden: int = 64  # D, item embedding dim (and user vector dim when user_ffn)
     session_len: int = 10  # k: the last k behaviours form the session, the older ones the history
+    # with timestamps: the session also ends at the last gap longer than this many seconds (DESIGN §1, the
+    # paper's time-gap sessions); behaviours before the gap go to the history. None: last k only.
+    session_gap: int | None = None
     dropout: float = 0.1
     # --- diffusion module (§4.2)
     diffusion: bool = True  # False = "mixed-attention only" ablation (no x_hat in the session)
@@ -273,7 +277,9 @@ class T2Diff(SeqRecModel):
         """Mixed attention: x [B, L, D] behaviours, x_hat [B, D] or None -> e_u [B, out_dim]."""
         seq = batch.seq
         n = seq.shape[1]
-        xs, ms = x[:, n - self.k:], seq[:, n - self.k:] > 0  # X_session [B, k, D], [B, k]
+        gap = self.cfg.session_gap if self.info.has_time else None
+        in_session = session_mask(seq, batch.seq_time, self.k, gap)  # [B, L] bool
+        xs, ms = x[:, n - self.k:], in_session[:, n - self.k:]  # X_session [B, k, D], [B, k]
         if x_hat is not None:
             if self.cfg.detach_xhat:
                 x_hat = x_hat.detach()  # stop-gradient (Fig. 2a)
@@ -288,7 +294,8 @@ class T2Diff(SeqRecModel):
         h = self.session_ln(h)  # [B, S, D]
         w = ms.unsqueeze(-1).to(h.dtype)
         h_s = (h * w).sum(1) / w.sum(1).clamp_min(1.0)  # eq. 19: mean over real tokens -> [B, D]
-        h_l = self._target_attention(h_s, x[:, : n - self.k], seq[:, : n - self.k] > 0, batch)  # [B, D]
+        hist = (seq > 0) & ~in_session  # older behaviours, including any cut from the session by a time gap
+        h_l = self._target_attention(h_s, x, hist, batch)  # [B, D]
         u = torch.cat([h_l, h_s], dim=-1)  # [B, 2D]
         return self.user_mlp(u) if self.cfg.user_ffn else u  # eq. 22
 

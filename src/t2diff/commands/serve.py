@@ -1,0 +1,41 @@
+"""``t2diff serve``: the HTTP matching service (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+
+from t2diff.commands.common import fail
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="HTTP service: POST /recommend, GET /health, docs at /docs",
+                       description="Load the checkpoint (weights only) and the export's index, then serve "
+                       "POST /recommend {history, timestamps?, k, exclude_seen} -> top-k items with scores.")
+    p.add_argument("checkpoint", help="a run directory (best.pt, else last.pt), a .pt file, or an export folder")
+    p.add_argument("--export", help="export folder from `t2diff export` (default: exact flat index in memory)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data", help="prepared dataset (default: the one in the checkpoint's config)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from t2diff.data.errors import DataError
+    from t2diff.retrieval.export import open_retriever
+    from t2diff.retrieval.service import serve
+
+    try:
+        retriever = open_retriever(args.checkpoint, args.export, args.data)
+    except (FileNotFoundError, ValueError, DataError) as e:
+        return fail(str(e))
+    try:
+        if not ipaddress.ip_address(args.host).is_loopback:
+            print(f"warning: binding {args.host}: the service has no authentication", file=sys.stderr)
+    except ValueError:
+        pass  # a host name; uvicorn resolves it
+    serve(retriever, args.host, args.port, args.log_level, args.access_log)
+    return 0

@@ -1,0 +1,163 @@
+"""HTTP matching service: ``POST /recommend`` (history -> top-K items), ``GET /health``, OpenAPI at ``/docs``.
+
+One process holds the model (eval mode) and the item index; each request runs the user tower on one
+history under ``torch.no_grad`` and searches the inner-product index. Endpoints are plain ``def`` so
+FastAPI runs them in its worker-thread pool (PyTorch and FAISS release the GIL), and the server pins
+PyTorch / FAISS to one thread each: a single small request gains nothing from intra-op threads and
+loses a lot when concurrent requests fight over the same cores.
+
+Errors never take the process down: invalid input -> 422 with ``{"error": "<what is wrong>", ...}``;
+anything the model or index raises -> 500 with the exception's message.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from t2diff.retrieval.user_tower import InputError, Retriever, validate_history
+
+log = logging.getLogger("t2diff.serve")
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"history": ["1193", 661, 914], "k": 10, "exclude_seen": True}]})
+
+    history: list[StrictInt | StrictStr] = Field(
+        description="original item ids (strings or integers, compared as strings), oldest first; "
+                    "only the last max_len reach the model")
+    timestamps: list[StrictInt] | None = Field(
+        None, description="unix seconds of each history item (same length as history); used by time-aware "
+                          "models on datasets with timestamps, ignored otherwise")
+    k: StrictInt = Field(10, description="number of items to return, 1..num_items")
+    exclude_seen: StrictBool = Field(False, description="never return items in the history (may then return "
+                                                        "fewer than k when fewer unseen items remain)")
+    request_time: StrictInt | None = Field(
+        None, description="unix seconds the recommendation is for (time-aware models); default: now if "
+                          "timestamps are given")
+
+
+class ScoredItem(BaseModel):
+    item_id: int | str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    items: list[ScoredItem]
+    model: str
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    num_items: int
+    index: str
+    dim: int
+    max_len: int
+    uses_time: bool
+    checkpoint: str
+    export: str | None
+
+
+class ErrorBody(BaseModel):
+    error: str
+    unknown_item_ids: list[int | str] | None = None
+    detail: list[dict[str, Any]] | None = None
+
+
+_EXAMPLE = '{"history": ["id1", "id2"], "k": 10}'
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    """Pydantic errors -> one readable sentence per problem ("history[2]: must be a string or an integer")."""
+    out: list[str] = []
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            ctx = e.get("ctx", {}).get("error", "")
+            out.append(f"request body is not valid JSON ({ctx})" if ctx else "request body is not valid JSON")
+            continue
+        loc = [x for x in e.get("loc", ()) if x != "body"]
+        if not loc:  # the body itself: missing, or not an object
+            out.append(f"request body must be a JSON object such as {_EXAMPLE}")
+            continue
+        if loc[-1] in ("int", "str"):  # the two branches of `StrictInt | StrictStr`: say it once
+            loc = loc[:-1]
+            msg = f"must be a string or an integer, got {e.get('input')!r}"
+        elif e.get("type") == "extra_forbidden":
+            msg = "is not a known field (known: history, timestamps, k, exclude_seen, request_time)"
+        else:
+            msg = e.get("msg", "invalid") + (f", got {e['input']!r}" if e.get("type", "").endswith("_type") else "")
+        where = "".join(f"[{x}]" if isinstance(x, int) else (f".{x}" if i else str(x)) for i, x in enumerate(loc))
+        line = f"{where}: {msg}"
+        if line not in out:
+            out.append(line)
+    return "; ".join(out)
+
+
+def create_app(retriever: Retriever) -> FastAPI:
+    tower, index = retriever.tower, retriever.index
+    app = FastAPI(title="t2diff matching service",
+                  description=f"Top-K retrieval with the {tower.model_name} user tower and a {index.kind} "
+                              f"inner-product index over {index.size} items.")
+    health = Health(status="ok", model=tower.model_name, num_items=index.size, index=index.kind, dim=index.dim,
+                    max_len=tower.max_len, uses_time=tower.uses_time, checkpoint=retriever.meta["checkpoint"],
+                    export=retriever.meta.get("export"))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"error": _describe(list(exc.errors())), "detail": errors})
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:  # last resort; the process lives on
+        log.error("unhandled error on %s: %s", request.url.path, traceback.format_exc())
+        return JSONResponse(status_code=500, content={"error": f"internal error: {type(exc).__name__}: {exc}"})
+
+    @app.get("/health", response_model=Health)
+    def get_health() -> Health:
+        return health
+
+    @app.post("/recommend", response_model=RecommendResponse,
+              responses={422: {"model": ErrorBody, "description": "invalid request (the error says what)"},
+                         500: {"model": ErrorBody, "description": "model or index failure"}})
+    def recommend(req: RecommendRequest) -> Any:
+        try:
+            k = retriever.check_k(req.k)
+            internal, ts = validate_history(tower, req.history, req.timestamps)
+        except InputError as e:
+            body: dict[str, Any] = {"error": e.message}
+            if e.unknown_ids:
+                body["unknown_item_ids"] = e.unknown_ids
+            return JSONResponse(status_code=422, content=body)
+        try:
+            scores, ids = retriever.topk([internal], k, req.exclude_seen, [ts] if ts is not None else None,
+                                         [req.request_time])
+        except Exception as e:  # a model/index failure must answer, not kill the worker
+            log.error("recommend failed: %s", traceback.format_exc())
+            return JSONResponse(status_code=500, content={"error": f"model error: {type(e).__name__}: {e}"})
+        items = [{"item_id": tower.original_item(int(i)), "score": float(s)}
+                 for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+        return {"items": items, "model": tower.model_name}
+
+    return app
+
+
+def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          access_log: bool = False) -> None:
+    """Run the service with uvicorn until interrupted (one process; see the module docstring on threads)."""
+    import faiss
+    import torch
+    import uvicorn
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    # warm-up: the first forward pays one-off allocations; do it before accepting traffic
+    retriever.topk([[1]], 1)
+    uvicorn.run(create_app(retriever), host=host, port=port, log_level=log_level, access_log=access_log)
