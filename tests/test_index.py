@@ -191,6 +191,7 @@ def test_index_report(data: tuple[np.ndarray, np.ndarray]) -> None:
     assert rep["kind"] == "hnsw" and rep["num_queries"] == 100 and rep["k"] == 10
     assert 0.0 < rep["recall_at_k"] <= 1.0
     assert rep["latency_ms"]["p50"] > 0 and rep["latency_ms"]["p99"] >= rep["latency_ms"]["p50"]
+    assert 0 <= rep["cpu_ms"]["p50"] <= rep["cpu_ms"]["p99"]
     flat = index_report(ItemIndex.build(table[:3000]), queries, k=10, num_queries=50, latency_queries=5)
     assert flat["recall_at_k"] == 1.0
 

@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--data", help="prepared dataset (default: the one in the checkpoint's config)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--threads", type=int, help="requests computed at once (default: the number of CPUs, >= 2); "
+                   "each runs PyTorch and FAISS on one thread")
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
     p.set_defaults(func=run)
 
@@ -37,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: binding {args.host}: the service has no authentication", file=sys.stderr)
     except ValueError:
         pass  # a host name; uvicorn resolves it
-    serve(retriever, args.host, args.port, args.log_level, args.access_log)
+    serve(retriever, args.host, args.port, args.log_level, args.access_log, args.threads)
     return 0

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from t2diff.batch import Batch
 from t2diff.models.base import DataInfo, SeqRecModel
+from t2diff.models.layers import SideFeatures
 
 
 @dataclass
@@ -62,7 +63,7 @@ def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class DAT(SeqRecModel):
+class DAT(SideFeatures, SeqRecModel):
     Config = DATConfig
     causal = False
 
@@ -70,14 +71,7 @@ class DAT(SeqRecModel):
         super().__init__(cfg, info)
         e, d = cfg.embedding, cfg.out_dim
         self.item_emb = nn.Embedding(info.num_items + 1, e, padding_idx=0)
-        self.feat_emb: nn.Embedding | None = None
-        if cfg.use_item_features and info.item_features is not None:
-            feats = info.item_features.long()
-            if feats.dim() != 2 or feats.shape[0] != info.num_items + 1:
-                raise ValueError(f"item_features must be [num_items + 1, F], got {tuple(feats.shape)}")
-            vocab = max(info.num_feature_tokens, int(feats.max()) + 1 if feats.numel() else 1)
-            self.register_buffer("item_feats", feats, persistent=False)
-            self.feat_emb = nn.Embedding(vocab, e, padding_idx=0)
+        self.init_side_features(info, e, cfg.use_item_features)
         self.user_emb = nn.Embedding(info.num_users + 1, e, padding_idx=0) if cfg.use_user else None
         self.aug_user = nn.Linear(e, d)  # a_u from the pooled history (see the module docstring)
         self.aug_item = nn.Embedding(info.num_items + 1, d)  # a_i, one per item
@@ -93,11 +87,7 @@ class DAT(SeqRecModel):
 
     def item_inputs(self, ids: Tensor) -> Tensor:
         """Item input vectors of ids [...] -> [..., E]: id embedding + mean of side-feature embeddings."""
-        x = self.item_emb(ids)
-        if self.feat_emb is not None:
-            tok = self.item_feats[ids]  # [..., F]
-            m = (tok > 0).unsqueeze(-1).to(x.dtype)  # [..., F, 1]
-            x = x + (self.feat_emb(tok) * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+        x = self.with_side_features(self.item_emb(ids), ids)
         return x * (ids > 0).unsqueeze(-1).to(x.dtype)  # padding stays exactly 0
 
     def _norm(self, x: Tensor) -> Tensor:

@@ -42,3 +42,34 @@ def attention_mask(seq: Tensor, causal: bool) -> Tensor:
     if causal:
         allow = allow & torch.ones(l, l, dtype=torch.bool, device=seq.device).tril()
     return allow | torch.eye(l, dtype=torch.bool, device=seq.device)
+
+
+class SideFeatures:
+    """Item side features (``DataInfo.item_features`` [I+1, F] tokens, 0 = none) as an embedding table plus a
+    mean-pool. A mixin for models that add them to their id embeddings: sets ``item_feats`` (a non-persistent
+    buffer) and ``feat_emb`` (None when disabled or absent) so checkpoints keep stable parameter names."""
+
+    feat_emb: nn.Embedding | None
+    item_feats: Tensor
+
+    def init_side_features(self, info, dim: int, enabled: bool) -> None:  # info: DataInfo
+        self.feat_emb = None
+        if not enabled or info.item_features is None:
+            return
+        feats = info.item_features.long()
+        if feats.dim() != 2 or feats.shape[0] != info.num_items + 1:
+            raise ValueError(f"item_features must be [num_items + 1, F], got {tuple(feats.shape)}")
+        vocab = max(info.num_feature_tokens, int(feats.max()) + 1 if feats.numel() else 1)
+        self.register_buffer("item_feats", feats, persistent=False)  # type: ignore[attr-defined]
+        self.feat_emb = nn.Embedding(vocab, dim, padding_idx=0)
+        nn.init.normal_(self.feat_emb.weight, std=dim**-0.5)
+        with torch.no_grad():
+            self.feat_emb.weight[0].zero_()
+
+    def with_side_features(self, x: Tensor, ids: Tensor) -> Tensor:
+        """x [..., D] id embeddings of ids [...] plus the mean of their feature embeddings."""
+        if self.feat_emb is None:
+            return x
+        tok = self.item_feats[ids]  # [..., F]
+        m = (tok > 0).unsqueeze(-1).to(x.dtype)  # [..., F, 1]
+        return x + (self.feat_emb(tok) * m).sum(-2) / m.sum(-2).clamp_min(1.0)

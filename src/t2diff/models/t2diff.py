@@ -27,7 +27,7 @@ from t2diff.batch import Batch
 from t2diff.data.sessions import session_mask
 from t2diff.diffusion.schedule import REVERSE_NOISE, SCHEDULES, NoiseSchedule
 from t2diff.models.base import DataInfo, SeqRecModel
-from t2diff.models.layers import TransformerBlock
+from t2diff.models.layers import SideFeatures, TransformerBlock
 from t2diff.models.unet1d import PADDING_MODES, TIME_EMBS, UNet1D
 
 KL_LOSSES = ("mse", "l2")
@@ -93,7 +93,7 @@ class T2DiffConfig:
                 raise ValueError(f"t2diff: {name} must be >= 1, got {getattr(self, name)}")
 
 
-class T2Diff(SeqRecModel):
+class T2Diff(SideFeatures, SeqRecModel):
     """T2Diff user tower + item tower.
 
     Input rules (``batch.seq`` [B, L] left-padded with 0, most recent last; ``batch.target`` [B]):
@@ -124,17 +124,7 @@ class T2Diff(SeqRecModel):
             self.item_emb.weight[0].zero_()
 
         # side features: [I+1, F] long tokens, 0 = none; mean-pooled embeddings added to the id embedding
-        self.feat_emb: nn.Embedding | None = None
-        if cfg.use_item_features and info.item_features is not None:
-            feats = info.item_features.long()
-            if feats.dim() != 2 or feats.shape[0] != info.num_items + 1:
-                raise ValueError(f"item_features must be [num_items + 1, F], got {tuple(feats.shape)}")
-            vocab = max(info.num_feature_tokens, int(feats.max()) + 1 if feats.numel() else 1)
-            self.register_buffer("item_feats", feats, persistent=False)
-            self.feat_emb = nn.Embedding(vocab, d, padding_idx=0)
-            nn.init.normal_(self.feat_emb.weight, std=d**-0.5)
-            with torch.no_grad():
-                self.feat_emb.weight[0].zero_()
+        self.init_side_features(info, d, cfg.use_item_features)
 
         # diffusion module (§4.2)
         if cfg.diffusion:
@@ -179,11 +169,7 @@ class T2Diff(SeqRecModel):
 
     def item_inputs(self, ids: Tensor) -> Tensor:
         """Behaviour embeddings of ids [...] -> [..., D]: id embedding + mean of side-feature embeddings."""
-        x = self.item_emb(ids)
-        if self.feat_emb is not None:
-            tok = self.item_feats[ids]  # [..., F]
-            m = (tok > 0).unsqueeze(-1).to(x.dtype)  # [..., F, 1]
-            x = x + (self.feat_emb(tok) * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+        x = self.with_side_features(self.item_emb(ids), ids)
         return x * (ids > 0).unsqueeze(-1).to(x.dtype)  # padding stays exactly 0
 
     def item_embeddings(self) -> Tensor:  # [I+1, out_dim]

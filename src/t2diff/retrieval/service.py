@@ -13,9 +13,13 @@ anything the model or index raises -> 500 with the exception's message.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -101,9 +105,18 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     return "; ".join(out)
 
 
-def create_app(retriever: Retriever) -> FastAPI:
+def create_app(retriever: Retriever, threads: int | None = None) -> FastAPI:
+    """threads: at most this many requests run the model at once (FastAPI's worker pool, default 40);
+    beyond the core count, extra threads only time-slice the same cores and raise every request's latency."""
     tower, index = retriever.tower, retriever.index
-    app = FastAPI(title="t2diff matching service",
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if threads is not None:
+            anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        yield
+
+    app = FastAPI(lifespan=lifespan, title="t2diff matching service",
                   description=f"Top-K retrieval with the {tower.model_name} user tower and a {index.kind} "
                               f"inner-product index over {index.size} items.")
     health = Health(status="ok", model=tower.model_name, num_items=index.size, index=index.kind, dim=index.dim,
@@ -121,7 +134,7 @@ def create_app(retriever: Retriever) -> FastAPI:
         return JSONResponse(status_code=500, content={"error": f"internal error: {type(exc).__name__}: {exc}"})
 
     @app.get("/health", response_model=Health)
-    def get_health() -> Health:
+    async def get_health() -> Health:  # async: answers even while every worker thread is busy
         return health
 
     @app.post("/recommend", response_model=RecommendResponse,
@@ -144,13 +157,14 @@ def create_app(retriever: Retriever) -> FastAPI:
             return JSONResponse(status_code=500, content={"error": f"model error: {type(e).__name__}: {e}"})
         items = [{"item_id": tower.original_item(int(i)), "score": float(s)}
                  for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
-        return {"items": items, "model": tower.model_name}
+        # a Response skips FastAPI's re-validation of 100 items against RecommendResponse (docs keep it)
+        return JSONResponse({"items": items, "model": tower.model_name})
 
     return app
 
 
 def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          access_log: bool = False) -> None:
+          access_log: bool = False, threads: int | None = None) -> None:
     """Run the service with uvicorn until interrupted (one process; see the module docstring on threads)."""
     import faiss
     import torch
@@ -160,4 +174,5 @@ def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000, log_l
     faiss.omp_set_num_threads(1)
     # warm-up: the first forward pays one-off allocations; do it before accepting traffic
     retriever.topk([[1]], 1)
-    uvicorn.run(create_app(retriever), host=host, port=port, log_level=log_level, access_log=access_log)
+    threads = threads or max(2, os.cpu_count() or 1)
+    uvicorn.run(create_app(retriever, threads), host=host, port=port, log_level=log_level, access_log=access_log)
