@@ -180,6 +180,23 @@ def test_retrieve_unknown_ids_are_clear_errors_or_skipped(run, tmp_path, capsys)
     assert "needs a 'user_id' or a 'history' column" in capsys.readouterr().err
 
 
+def test_retrieve_jsonl_with_timestamps_and_malformed_cells(run, tmp_path, capsys):
+    rows = [{"history": ["i1", "i2", "i3"], "timestamps": [1_600_000_000, 1_600_000_060, 1_600_000_120]},
+            {"history": '["i4", "i5"]'}]
+    (tmp_path / "h.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "o.parquet"
+    assert main(["retrieve", str(run), "--input", str(tmp_path / "h.jsonl"), "--out", str(out), "--k", "4"]) == 0
+    df = pd.read_parquet(out)
+    assert df["user"].tolist() == [0] * 4 + [1] * 4  # no user_id column: rows are labelled by number
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"history": ["i1", "i2"], "timestamps": [1]}) + "\n"
+                                        + json.dumps({"history": '["i4", '}) + "\n")
+    assert main(["retrieve", str(run), "--input", str(tmp_path / "bad.jsonl"), "--out", str(out)]) == 2
+    assert "row 0: timestamps has 1 entries but history has 2" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"history": '["i4", '}) + "\n")
+    assert main(["retrieve", str(run), "--input", str(tmp_path / "bad.jsonl"), "--out", str(out)]) == 2
+    assert "row 0: cannot parse" in capsys.readouterr().err
+
+
 def test_export_from_other_weights_is_rejected(run, flat_export, tmp_path):
     bad = tmp_path / "bad-export"
     shutil.copytree(flat_export, bad)

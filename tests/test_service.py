@@ -1,4 +1,4 @@
-"""The HTTP service for real: `t2diff serve` in a subprocess on a free loopback port, exercised with httpx.
+"""The HTTP service for real: uvicorn on a free loopback port (in a thread), exercised over HTTP with httpx.
 
 A tiny SASRec run on the synthetic log (string ids "i<k>") is exported with an exact flat index; answers
 are checked against brute-force top-k of user_embedding @ item_embeddings over the real items."""
@@ -6,10 +6,8 @@ are checked against brute-force top-k of user_embedding @ item_embeddings over t
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import subprocess
-import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,12 +30,6 @@ SMALL = ["model.hidden=16", "model.num_blocks=1", "model.ffn_dim=32", "data.max_
 HOST = "127.0.0.1"  # loopback only
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     from t2diff.config import load_config
@@ -56,36 +48,29 @@ def run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(run: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = _free_port()
-    logf = open(run.parent / "serve.log", "wb")  # noqa: SIM115 - closed in teardown
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "t2diff.cli", "serve", str(run), "--export",
-                             str(run.parent / "export"), "--host", HOST, "--port", str(port),
-                             "--log-level", "warning"], stdout=logf, stderr=subprocess.STDOUT, env=env)
-    url = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 90  # importing torch on a loaded 2-core box takes a while
+def server(run: Path) -> Iterator[tuple[str, threading.Thread]]:
+    """The real uvicorn server in a thread (no second torch import), on a loopback socket bound here."""
+    from t2diff.retrieval.export import open_retriever
+    from t2diff.retrieval.service import make_server
+
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    url = f"http://{HOST}:{sock.getsockname()[1]}"
+    srv = make_server(open_retriever(run, export=run.parent / "export"), HOST, log_level="warning")
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {(run.parent / 'serve.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not up after 90 s: {(run.parent / 'serve.log').read_text()}")
-            time.sleep(0.2)
-        yield url, proc
+        deadline = time.monotonic() + 60
+        while not srv.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        assert httpx.get(f"{url}/health").status_code == 200
+        yield url, thread
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        logf.close()
+        srv.should_exit = True
+        thread.join(30)
+        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +148,7 @@ def test_recommend_equals_bruteforce(server, reference):
     ("", "request body must be a JSON object"),
 ])
 def test_bad_requests_are_clear_422s(server, body, needle):
-    url, proc = server
+    url, thread = server
     if isinstance(body, str):
         r = httpx.post(f"{url}/recommend", content=body, headers={"content-type": "application/json"})
     else:
@@ -172,7 +157,7 @@ def test_bad_requests_are_clear_422s(server, body, needle):
     assert needle in r.json()["error"], r.json()
     if "unknown item" in needle:
         assert r.json()["unknown_item_ids"] == ["nope", 17]
-    assert proc.poll() is None and httpx.get(f"{url}/health").status_code == 200  # the service lives on
+    assert thread.is_alive() and httpx.get(f"{url}/health").status_code == 200  # the service lives on
 
 
 def test_200_concurrent_requests(server, reference):
@@ -218,3 +203,17 @@ def test_model_failure_is_a_500_and_the_app_lives(run, monkeypatch):
     ok, bad, again = asyncio.run(go())
     assert ok.status_code == 200 and again.json() == ok.json()
     assert bad.status_code == 500 and bad.json()["error"] == "model error: RuntimeError: simulated failure"
+
+
+def test_serve_command_wiring(run, monkeypatch, capsys):
+    """`t2diff serve` loads checkpoint + export and hands them to serve() (the server itself is tested above)."""
+    import t2diff.retrieval.service as service
+
+    calls = []
+    monkeypatch.setattr(service, "serve", lambda *a: calls.append(a))
+    assert main(["serve", str(run), "--export", str(run.parent / "export"), "--port", "8123", "--threads", "3"]) == 0
+    retriever, host, port, _, access_log, threads = calls[0]
+    assert (host, port, access_log, threads) == (HOST, 8123, False, 3)
+    assert retriever.index.kind == "flat" and retriever.meta["export"] == str(run.parent / "export")
+    assert main(["serve", str(run), "--export", str(run)]) == 2
+    assert "is not an export folder" in capsys.readouterr().err

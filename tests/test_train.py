@@ -126,3 +126,13 @@ def test_paper_protocol_causal_loss_only_on_fixed_targets(synthetic_prepared, tm
     monkeypatch.setattr(tr.model, "loss", spy)
     tr.train_epoch(1)
     assert seen and all(int((p[:, :-1] != 0).sum()) == 0 for p in seen)
+
+
+def test_resume_can_extend_the_epoch_budget_but_not_change_the_model(synthetic_prepared, tmp_path):
+    Trainer(_cfg(synthetic_prepared, "train.epochs=1"), tmp_path / "r", progress=False, log=lambda s: None).fit()
+    with pytest.raises(TrainingError, match="another config"):
+        Trainer(_cfg(synthetic_prepared, "train.epochs=2", "model.hidden=8"), tmp_path / "r", progress=False,
+                log=lambda s: None).fit(resume=True)
+    out = Trainer(_cfg(synthetic_prepared, "train.epochs=2", "train.patience=4"), tmp_path / "r", progress=False,
+                  log=lambda s: None).fit(resume=True)
+    assert out["epochs_run"] == 2

@@ -59,6 +59,12 @@ def attach_loss(model: SeqRecModel, cfg: ExperimentConfig, ds: PreparedDataset) 
         raise TrainingError(f"train.loss: unknown loss {cfg.train.loss!r}; choose full or sampled")
 
 
+def _without_budget(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config minus what may change on --resume: the epoch budget and the early-stopping patience."""
+    train = {k: v for k, v in cfg["train"].items() if k not in ("epochs", "patience")}
+    return {**cfg, "train": train}
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
 
@@ -98,9 +104,10 @@ class Trainer:
 
     def resume(self) -> None:
         ck = checkpoint.load(self.run_dir / "last.pt")
-        if ck["config"] != self.cfg.to_dict():
+        if _without_budget(ck["config"]) != _without_budget(self.cfg.to_dict()):
             raise TrainingError(f"{self.run_dir / 'last.pt'} was written with another config; resume with the "
-                                "same config or use a new --run-dir")
+                                "same config (only train.epochs and train.patience may change, to extend a run) "
+                                "or use a new --run-dir")
         self.model.load_state_dict(ck["model_state"])
         self.opt.load_state_dict(ck["optimizer_state"])
         self.state = TrainState(**ck["state"])

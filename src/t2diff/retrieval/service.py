@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.to_thread
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -163,16 +164,22 @@ def create_app(retriever: Retriever, threads: int | None = None) -> FastAPI:
     return app
 
 
+def make_server(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+                access_log: bool = False, threads: int | None = None) -> uvicorn.Server:
+    """A uvicorn server for the app (``.run()`` blocks; ``.should_exit = True`` stops it from another thread)."""
+    threads = threads or max(2, os.cpu_count() or 1)
+    config = uvicorn.Config(create_app(retriever, threads), host=host, port=port, log_level=log_level,
+                            access_log=access_log)
+    return uvicorn.Server(config)
+
+
 def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
           access_log: bool = False, threads: int | None = None) -> None:
-    """Run the service with uvicorn until interrupted (one process; see the module docstring on threads)."""
+    """Run the service until interrupted: one process, one PyTorch / FAISS thread per request (module doc)."""
     import faiss
     import torch
-    import uvicorn
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    # warm-up: the first forward pays one-off allocations; do it before accepting traffic
-    retriever.topk([[1]], 1)
-    threads = threads or max(2, os.cpu_count() or 1)
-    uvicorn.run(create_app(retriever, threads), host=host, port=port, log_level=log_level, access_log=access_log)
+    retriever.topk([[1]], 1)  # warm-up: the first forward pays one-off allocations; do it before traffic
+    make_server(retriever, host, port, log_level, access_log, threads).run()

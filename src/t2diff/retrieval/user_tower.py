@@ -41,10 +41,10 @@ class InputError(ValueError):
 def _id_str(x: Any) -> str:
     """JSON / Parquet id -> the string form item_ids.txt uses. Integral floats (pandas upcasts) become ints."""
     if isinstance(x, bool):  # bool is an int subclass; True is never an item id
-        raise InputError(f"item id {x!r} is a boolean, expected a string or an integer")
+        raise InputError(f"id {x!r} is a boolean, expected a string or an integer")
     if isinstance(x, (float, np.floating)):
         if not math.isfinite(x) or not float(x).is_integer():
-            raise InputError(f"item id {x!r} is not an integer or a string")
+            raise InputError(f"id {x!r} is not an integer or a string")
         x = int(x)
     if isinstance(x, np.integer):
         x = int(x)
@@ -153,7 +153,10 @@ def validate_history(tower: UserTower, history: Sequence[Any], timestamps: Seque
     if timestamps is not None and len(timestamps) != len(history):
         raise InputError(f"{where}timestamps has {len(timestamps)} entries but history has {len(history)}: "
                          "send one unix time (seconds) per history item, or none")
-    internal, unknown = tower.to_internal(history)
+    try:
+        internal, unknown = tower.to_internal(history)
+    except InputError as e:  # a malformed id (bool, 1.5, NaN)
+        raise InputError(f"{where}history: {e.message}") from None
     if unknown:
         shown = ", ".join(repr(x) for x in unknown[:20]) + (f" (+{len(unknown) - 20} more)" if len(unknown) > 20
                                                             else "")
@@ -207,6 +210,13 @@ def _ints(values: list[Any], where: str) -> list[int]:
             raise InputError(f"{where}timestamp {v!r} is not an integer (unix seconds)")
         out.append(int(f))
     return out
+
+
+def _known(tower: UserTower, x: Any) -> bool:
+    try:
+        return bool(tower.to_internal([x])[0])
+    except InputError:  # malformed ids count as unknown when skipping
+        return False
 
 
 def _opt_int(cell: Any, where: str) -> int | None:
@@ -271,32 +281,37 @@ def retrieve_frame(retriever: Retriever, df: Any, k: int, exclude_seen: bool = F
     req: list[int | None] = []
     for i in range(len(df)):
         where = f"row {i}: "
-        rt = _opt_int(rq_col[i], where) if rq_col is not None else None
-        if by_history:
-            h = parse_list(hist_col[i]) or []
-            t = parse_list(ts_col[i]) if ts_col is not None else None
-            t = _ints(t, where) if t is not None else None
-            if skip_unknown:
-                keep = [j for j, x in enumerate(h) if tower.to_internal([x])[0]]
-                stats.dropped_items += len(h) - len(keep)
-                if t is not None and len(t) == len(h):
-                    t = [t[j] for j in keep]
-                h = [h[j] for j in keep]
-                if not h:
-                    stats.skipped_rows.append((i, f"{where}no known item ids in the history"))
+        try:
+            rt = _opt_int(rq_col[i], where) if rq_col is not None else None
+            if by_history:
+                h = parse_list(hist_col[i]) or []
+                t = parse_list(ts_col[i]) if ts_col is not None else None
+                t = _ints(t, where) if t is not None else None
+                if skip_unknown:
+                    keep = [j for j, x in enumerate(h) if _known(tower, x)]
+                    stats.dropped_items += len(h) - len(keep)
+                    if t is not None and len(t) == len(h):
+                        t = [t[j] for j in keep]
+                    h = [h[j] for j in keep]
+                    if not h:
+                        stats.skipped_rows.append((i, f"{where}no known item ids in the history"))
+                        continue
+                internal, ts = validate_history(tower, h, t, where)
+            else:
+                u = tower.user_internal(labels[i])
+                if u is None:
+                    msg = f"{where}unknown user id {labels[i]!r}: not among the {tower.ds.num_users} prepared users"
+                    if not skip_unknown:
+                        raise InputError(msg, unknown_ids=[labels[i]])
+                    stats.skipped_rows.append((i, msg))
                     continue
-            internal, ts = validate_history(tower, h, t, where)
-        else:
-            u = tower.user_internal(labels[i])
-            if u is None:
-                msg = f"{where}unknown user id {labels[i]!r}: not among the {tower.ds.num_users} prepared users"
-                if not skip_unknown:
-                    raise InputError(msg, unknown_ids=[labels[i]])
-                stats.skipped_rows.append((i, msg))
-                continue
-            internal = tower.ds.history(u).tolist()
-            ts = (tower.ds.times[tower.ds.user_ptr[u - 1]: tower.ds.user_ptr[u]].tolist()
-                  if tower.ds.times is not None else None)
+                internal = tower.ds.history(u).tolist()
+                ts = (tower.ds.times[tower.ds.user_ptr[u - 1]: tower.ds.user_ptr[u]].tolist()
+                      if tower.ds.times is not None else None)
+        except InputError as e:  # parse errors of one cell: say which row
+            if e.message.startswith(where):
+                raise
+            raise InputError(where + e.message, e.unknown_ids) from None
         rows.append(i)
         hists.append(internal)
         times.append(ts)
