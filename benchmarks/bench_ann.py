@@ -96,6 +96,7 @@ def make_data(a: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     kinds = a.kinds.split(",")
+    load_start = round(os.getloadavg()[0], 2)
     items, queries = make_data(a)  # [N, D], [Q, D]
     ids = np.arange(1, a.n + 1, dtype=np.int64)  # item ids 1..N (0 = padding, never indexed)
     faiss.omp_set_num_threads(a.build_threads)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "build_threads": a.build_threads, "search_threads": a.search_threads,
             "latency": "one query per search() call through ItemIndex (Python overhead included); "
                        "cpu = the calling thread's CPU time, wall = elapsed time",
-            "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+            "load_avg_1m_at_start": load_start, "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
             "faiss": faiss.__version__, "date": time.strftime("%Y-%m-%d"),
         },

@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--history-len", type=int, default=50, help="behaviours sent per request (at most)")
     p.add_argument("--exclude-seen", action="store_true")
+    p.add_argument("--server-threads", type=int, help="`t2diff serve --threads` (default: the server's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
@@ -72,13 +73,15 @@ def sample_histories(ds: Any, n: int, length: int, seed: int) -> list[list[str]]
     return out
 
 
-def start_server(source: Path, export: Path | None) -> tuple[subprocess.Popen, str, Path]:
+def start_server(source: Path, export: Path | None, threads: int | None = None
+                 ) -> tuple[subprocess.Popen, str, Path]:
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
     log = Path(tempfile.mkstemp(prefix="bench_service_", suffix=".log")[1])
     cmd = [sys.executable, "-m", "t2diff.cli", "serve", str(source), "--host", HOST, "--port", str(port),
-           "--log-level", "warning"] + (["--export", str(export)] if export is not None else [])
+           "--log-level", "warning"] + (["--export", str(export)] if export is not None else []) + (
+               ["--threads", str(threads)] if threads else [])
     proc = subprocess.Popen(cmd,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     url = f"http://{HOST}:{port}"
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         source, server_export = run, export
     retriever = open_retriever(source, server_export)
+    exp_meta = json.loads((export / "export.json").read_text())  # the original checkpoint path (not the copy)
     ds = retriever.tower.ds
     levels = [int(x) for x in args.concurrency.split(",") if x]
     hists = sample_histories(ds, args.requests + args.warmup, args.history_len, args.seed)
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     warm, bodies = bodies[: args.warmup], bodies[args.warmup:]
     load_before = os.getloadavg()
 
-    proc, url, log = start_server(source, server_export)
+    proc, url, log = start_server(source, server_export, args.server_threads)
     try:
         health = httpx.get(f"{url}/health").json()
         sequential(url, warm)
@@ -214,10 +218,11 @@ def main(argv: list[str] | None = None) -> int:
                                                                              (argv or sys.argv[1:]))
     res = {
         "command": cmd.strip(),
-        "run": str(run), "checkpoint": retriever.meta["checkpoint"], "checkpoint_sha256": retriever.meta["sha256"],
+        "run": str(run), "checkpoint": exp_meta["checkpoint"]["path"], "checkpoint_sha256": retriever.meta["sha256"],
         "run_epochs_logged": _epochs(run), "model": health["model"],
         "index": health["index"], "num_items": health["num_items"], "dim": health["dim"],
-        "max_len": health["max_len"], "k": args.k, "exclude_seen": args.exclude_seen,
+        "max_len": health["max_len"], "server_threads": args.server_threads or "default: max(2, CPUs)",
+        "k": args.k, "exclude_seen": args.exclude_seen,
         "history_len": args.history_len, "requests": len(bodies), "warmup": args.warmup,
         "sequential": {"latency_ms": _pct(seq_lat), "errors": seq_err,
                        "throughput_rps": round(len(seq_lat) / (sum(seq_lat) / 1e3), 1), **seq_cpu},

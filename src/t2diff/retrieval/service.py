@@ -80,6 +80,11 @@ class ErrorBody(BaseModel):
 _EXAMPLE = '{"history": ["id1", "id2"], "k": 10}'
 
 
+def _short(x: Any, n: int = 60) -> str:
+    r = repr(x)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
 def _describe(errors: list[dict[str, Any]]) -> str:
     """Pydantic errors -> one readable sentence per problem ("history[2]: must be a string or an integer")."""
     out: list[str] = []
@@ -94,11 +99,13 @@ def _describe(errors: list[dict[str, Any]]) -> str:
             continue
         if loc[-1] in ("int", "str"):  # the two branches of `StrictInt | StrictStr`: say it once
             loc = loc[:-1]
-            msg = f"must be a string or an integer, got {e.get('input')!r}"
+            msg = f"must be a string or an integer, got {_short(e.get('input'))}"
         elif e.get("type") == "extra_forbidden":
             msg = "is not a known field (known: history, timestamps, k, exclude_seen, request_time)"
         else:
-            msg = e.get("msg", "invalid") + (f", got {e['input']!r}" if e.get("type", "").endswith("_type") else "")
+            msg = e.get("msg", "invalid")
+            if e.get("type", "").endswith("_type"):  # a wrong JSON type: show what was sent
+                msg += f", got {_short(e.get('input'))}"
         where = "".join(f"[{x}]" if isinstance(x, int) else (f".{x}" if i else str(x)) for i, x in enumerate(loc))
         line = f"{where}: {msg}"
         if line not in out:
