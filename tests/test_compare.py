@@ -70,6 +70,13 @@ def test_compare_loo_without_paper(synthetic_prepared, tmp_path):
     assert all("selected on valid ndcg@2" in r["reported"] for r in rows)
     assert "paper Table 2" not in (out / "compare.md").read_text()
 
+    # --resume with a larger train.epochs extends the finished runs; any other change is an error
+    base = ["compare", "--models", "gru4rec", "bert4rec", "--config-dir", str(CONFIGS), "--out", str(out),
+            "--no-progress", "--resume", f"data.path={synthetic_prepared}", *TINY, "train.select_metric=ndcg@2"]
+    assert main([*base, "train.epochs=2"]) == 0
+    assert [r["epochs"] for r in _rows(out)] == ["2", "2"]
+    assert main([*base, "train.epochs=2", "train.lr=0.1"]) == 2
+
 
 def _write(path: Path, **sections: dict) -> Path:
     path.write_text(yaml.safe_dump(sections))

@@ -235,6 +235,12 @@ def time_user_tower(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_l
     return 1000.0 * statistics.median(times) / n
 
 
+def _without_budget(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without train.epochs / train.patience: the settings a resumed run may change."""
+    train = {k: v for k, v in cfg.get("train", {}).items() if k not in ("epochs", "patience")}
+    return {**cfg, "train": train}
+
+
 def _history(run_dir: Path) -> list[dict[str, Any]]:
     f = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
@@ -254,11 +260,16 @@ def run_model(e: Entry, opts: CompareOptions, log: Callable[[str], None] = print
     cfg = e.cfg
     run_dir = opts.out / "runs" / e.name
     done = run_dir / "metrics.json"
-    skipped = opts.resume and done.exists()
-    if skipped:
+    prev = run_dir / "compare_run.json"
+    earlier = json.loads(prev.read_text()).get("wall_seconds") if prev.exists() else None
+    skipped = False
+    if opts.resume and done.exists():
         saved = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else None
-        if saved != cfg.to_dict():
+        if saved is None or _without_budget(saved) != _without_budget(cfg.to_dict()):
             raise ConfigError(f"{run_dir} was trained with another config; remove it or use another --out")
+        # same run with a larger train.epochs / patience: the Trainer extends it; otherwise reuse it as it is
+        skipped = saved == cfg.to_dict()
+    if skipped:
         log(f"[{e.name}] {done} exists: reusing the finished run")
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -266,15 +277,14 @@ def run_model(e: Entry, opts: CompareOptions, log: Callable[[str], None] = print
         model, _, ds = build_from_checkpoint(run_dir)  # best.pt (loo: selected epoch) else last.pt (paper)
         model.to(opts.device)
         split = build_split(cfg, ds)
-        prev = run_dir / "compare_run.json"
-        wall = json.loads(prev.read_text()).get("wall_seconds") if prev.exists() else None
+        wall = earlier
     else:
         log(f"[{e.name}] training with {e.config_path} -> {run_dir}")
         t0 = time.perf_counter()
         trainer = Trainer(cfg, run_dir, progress=opts.progress, device=opts.device,
                           log=lambda s: log(f"[{e.name}] {s}"))
         out = trainer.fit(resume=opts.resume)
-        wall = time.perf_counter() - t0
+        wall = time.perf_counter() - t0 + (earlier if opts.resume and earlier else 0.0)  # an extended run: both parts
         (run_dir / "compare_run.json").write_text(json.dumps({"wall_seconds": round(wall, 2)}) + "\n")
         model, ds, split = trainer.model, trainer.ds, trainer.split
     torch.manual_seed(cfg.train.seed)  # models that sample at inference (T2Diff's reverse chain)
@@ -386,8 +396,11 @@ class Report:
         elapsed = time.perf_counter() - self.started
         lines = [f"# Comparison on {self.dataset}, protocol `{d.protocol}`", ""]
         lines += ["```bash", self.opts.command or self.opts.command_line(), "```", ""]
-        status = ("finished; wall time of the whole comparison" if self.finished
+        reused = sum(r.skipped for r in self.results)
+        status = ("finished; wall time of this invocation" if self.finished
                   else f"in progress ({len(self.results)} model(s) done); wall time so far")
+        if reused:
+            status += f" ({reused} model(s) reused from earlier runs with --resume, not retrained)"
         lines += [
             f"- {status}: {elapsed / 60:.1f} min; written "
             f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
@@ -424,8 +437,8 @@ class Report:
                   "selects on validation; paper has no validation set, so the last epoch's test is reported). "
                   "`params` = count_parameters (all trainable tensors incl. embedding tables), MB fp32 = params x 4 "
                   "bytes / 1e6. `train s` = training time summed over epochs; `wall s` = the whole Trainer.fit "
-                  "including per-epoch evaluation (empty when reused with --resume). `infer ms/sample` = the "
-                  "user tower on one batch of "
+                  "including per-epoch evaluation (a run reused with --resume keeps the time recorded when it was "
+                  "trained). `infer ms/sample` = the user tower on one batch of "
                   f"{self.opts.infer_batch} test examples, median of {self.opts.infer_repeats} runs, divided by "
                   "the batch size, in this process (item vectors excluded: an ANN index holds them)."]
         if self.paper:
