@@ -15,7 +15,6 @@ Layout of an export folder::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from t2diff.data.prepare import sha256
 from t2diff.retrieval.index import IndexConfig, ItemIndex, index_report
 from t2diff.retrieval.user_tower import Retriever, UserTower
 
@@ -46,23 +46,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_tower(checkpoint: str | Path, data_path: str | None = None) -> tuple[UserTower, Path, str]:
     """(tower, checkpoint file, its sha256). Hashes before and after loading: a run still training may
     rewrite best.pt in between, and an export must describe the weights it holds."""
     from t2diff.checkpoint import build_from_checkpoint
 
     ck = resolve_checkpoint(checkpoint)
-    sha = file_sha256(ck)
+    sha = sha256(ck)
     model, cfg, ds = build_from_checkpoint(ck, data_path)
-    if file_sha256(ck) != sha:
+    if sha256(ck) != sha:
         raise ExportError(f"{ck} changed while it was being loaded (is a training run writing it?); retry")
     return UserTower(model, cfg, ds), ck, sha
 
