@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from t2diff.cli import main
 from t2diff.config import load_config
@@ -21,15 +20,6 @@ TINY = ["model.name=t2diff", "model.hidden=16", f"model.steps={STEPS}", "model.u
         "model.session_len=4", "model.session_ffn_dim=32", "model.din_hidden=16", "model.user_ffn_hidden=32",
         "model.item_mlp_hidden=32", "model.time_emb_dim=4", "data.max_len=12", "data.protocol=paper",
         "train.batch_size=64", "train.epochs=1", "train.threads=1", "eval.ks=[5,10]"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on the shared 2-core machines."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _train(data: Path, run: Path, *extra: str) -> Path:

@@ -11,15 +11,6 @@ from t2diff.diffusion import SCHEDULES, NoiseSchedule, make_betas
 from t2diff.models.unet1d import PADDING_MODES, UNet1D
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machines (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("name", SCHEDULES)
 @pytest.mark.parametrize("steps", [1, 10, 50, 200])
 def test_schedule_ranges(name: str, steps: int) -> None:

@@ -14,16 +14,6 @@ from t2diff.losses import SampledSoftmaxLoss, full_softmax_ce
 I_SMALL, D_SMALL = 200, 8
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tensors are tiny: with 2 intra-op threads on a loaded 2-core machine every op can wait a
-    scheduler slice at an OpenMP barrier (measured 17 ms for a 201x32 @ 32x8 matmul), so use one."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def zipf_counts(num_items: int, s: float = 1.0) -> np.ndarray:  # [I+1], entry 0 = padding
     c = np.zeros(num_items + 1)
     c[1:] = 10_000 / np.arange(1, num_items + 1) ** s

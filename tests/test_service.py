@@ -19,30 +19,19 @@ pytest.importorskip("faiss")
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from conftest import write_synthetic_log  # noqa: E402
+from conftest import train_tiny_run  # noqa: E402
 
 from t2diff.batch import Batch  # noqa: E402
 from t2diff.checkpoint import build_from_checkpoint  # noqa: E402
 from t2diff.cli import main  # noqa: E402
 
-SMALL = ["model.hidden=16", "model.num_blocks=1", "model.ffn_dim=32", "data.max_len=12", "train.batch_size=16",
-         "train.lr=0.005", "eval.ks=[5,10]", "train.epochs=1", "train.threads=1"]
 HOST = "127.0.0.1"  # loopback only
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    from t2diff.config import load_config
-    from t2diff.data.generic import ColumnSpec, read_interactions
-    from t2diff.data.prepare import FilterSpec, prepare
-    from t2diff.train import Trainer
-
     d = tmp_path_factory.mktemp("service")
-    log = write_synthetic_log(d / "log.csv")
-    prepare(read_interactions(log, ColumnSpec(user="user", item="item", time="ts")), d / "prepared",
-            FilterSpec(), "generic")
-    Trainer(load_config(None, [f"data.path={d / 'prepared'}", *SMALL]), d / "run", progress=False,
-            log=lambda s: None).fit()
+    train_tiny_run(d)
     assert main(["export", str(d / "run"), "--out", str(d / "export")]) == 0
     return d / "run"
 

@@ -16,15 +16,6 @@ from t2diff.registry import MODELS
 I, L, B, FEATS = 40, 14, 6, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machines (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_info(has_time: bool = True, features: bool = True, max_len: int = L) -> DataInfo:
     g = torch.Generator().manual_seed(0)
     feats = None
