@@ -9,7 +9,10 @@ shared machine hits every model alike. Each call is timed twice: process CPU tim
 one torch thread it is the single-core compute time, robust to other jobs on a shared box) and wall time. The
 median per model is reported, with the ratios to SASRec and to T = 50 next to the paper's (Tesla T4 GPUs).
 
-    .venv/bin/python benchmarks/bench_infer.py [--batch-size 256] [--repeats 5] [--threads 1]
+    .venv/bin/python benchmarks/bench_infer.py [--batch-size 256] [--repeats 5] [--threads 1] [--device cuda]
+
+On a GPU (``--device cuda``) each call is synchronised and the headline is wall time (process CPU time would
+only count the kernel launches); the files are then named infer_cuda.{json,md}.
 
 Writes benchmarks/results/infer.json and infer.md.
 """
@@ -64,6 +67,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: the shared 2-core box)")
     ap.add_argument("--unet-channel-mult", type=int, default=2, help="2: the authors' U-Net (our frozen config)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (GPU: synchronised wall time is the headline)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,18 +79,24 @@ def main() -> None:
         **{f"t2diff T={t}": build("configs/ml-1m/t2diff.yaml", [f"model.steps={t}", unet], info)
            for t in (10, 50, 200)},
     }
-    batch = make_batch(args.batch_size)
+    gpu = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    models = {k: m.to(args.device) for k, m in models.items()}
+    batch = make_batch(args.batch_size).to(args.device)
     times: dict[str, list[float]] = {k: [] for k in models}  # process CPU seconds
     walls: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
         for m in models.values():  # warm-up: allocator, kernels (a small batch keeps it short for T = 200)
-            m.user_embeddings(make_batch(16))
+            m.user_embeddings(make_batch(16).to(args.device))
+            m.user_embeddings(batch)
+        sync()
         for r in range(args.repeats):
             for name, m in models.items():
                 c0, t0 = time.process_time(), time.perf_counter()
                 m.user_embeddings(batch)
-                times[name].append(time.process_time() - c0)
+                sync()
                 walls[name].append(time.perf_counter() - t0)
+                times[name].append(walls[name][-1] if gpu else time.process_time() - c0)
             print(f"repeat {r + 1}/{args.repeats} (cpu s / wall s): "
                   + ", ".join(f"{k} {times[k][-1]:.3f}/{walls[k][-1]:.3f}" for k in models), flush=True)
 
@@ -106,30 +116,34 @@ def main() -> None:
             "repeats_wall_seconds": [round(t, 4) for t in walls[name]],
         })
         print({k: v for k, v in rows[-1].items() if not k.startswith("repeats")})
-    meta = {"machine": f"{platform.machine()} {platform.processor()}".strip(), "torch": torch.__version__,
+    machine = torch.cuda.get_device_name() if gpu else f"{platform.machine()} {platform.processor()}".strip()
+    meta = {"machine": machine, "device": args.device, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "history": MAX_LEN,
             "items": NUM_ITEMS, "repeats": args.repeats,
-            "statistic": "median over repeats of process CPU time (ms_per_sample) and of wall time",
+            "statistic": "median over repeats of " + ("synchronised wall time" if gpu else "process CPU time")
+                         + " (ms_per_sample) and of wall time",
             "unet_channel_mult": args.unet_channel_mult,
             "command": f"python benchmarks/bench_infer.py --batch-size {args.batch_size} --repeats {args.repeats} "
-                       f"--threads {args.threads} --unet-channel-mult {args.unet_channel_mult}",
+                       f"--threads {args.threads} --unet-channel-mult {args.unet_channel_mult} --device {args.device}",
             "paper": "Table 4 / Table 2 'Infer Time' (ms per sample on Tesla T4 GPUs; batch size not stated)"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "infer.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    stem = "infer_cuda" if gpu else "infer"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    where = (f"on {machine}, synchronised wall time" if gpu else
+             f"{args.threads} CPU thread(s), process CPU time; 'wall' is the elapsed time")
     md = [f"User-tower inference, ms per sample (batch {args.batch_size}, history {MAX_LEN}, {NUM_ITEMS} items, "
-          f"{args.threads} CPU thread(s), median of {args.repeats} interleaved repeats; U-Net channel mult "
-          f"{args.unet_channel_mult}). 'ms/sample' is process CPU time, 'wall' the elapsed time on the shared "
-          "machine. Paper: Tesla T4 GPUs.", "",
+          f"{where}, median of {args.repeats} interleaved repeats; U-Net channel mult "
+          f"{args.unet_channel_mult}). Paper: Tesla T4 GPUs.", "",
           f"Command: `{meta['command']}`", "",
-          "| model | params | ms/sample (CPU) | wall ms | / SASRec | / T=50 | paper ms | paper / SASRec "
+          "| model | params | ms/sample | wall ms | / SASRec | / T=50 | paper ms | paper / SASRec "
           "| paper / T=50 |",
           "|---" * 9 + "|"]
     md += [f"| {r['model']} | {r['params']:,} | {r['ms_per_sample']:.3f} | {r['wall_ms_per_sample']:.3f} | "
            f"{r['ratio_to_sasrec']:.2f} | "
            f"{r['ratio_to_t50']:.3f} | {r['paper_ms_per_sample']:.2f} | {r['paper_ratio_to_sasrec']:.2f} | "
            f"{r['paper_ratio_to_t50']:.3f} |" for r in rows]
-    (out / "infer.md").write_text("\n".join(md) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

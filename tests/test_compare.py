@@ -113,3 +113,36 @@ def test_paper_table2_values():
     assert kr["T2Diff"].metrics["recall@100"] == pytest.approx(0.025294)
     with pytest.raises(ConfigError):
         paper_table2("generic")
+
+
+def test_parallel_jobs_with_only_then_tabulate_with_no_train(synthetic_prepared, tmp_path, capsys):
+    """--only trains a subset with the settings forced over the whole list (so the runs are reusable as they
+    are); --no-train tabulates finished runs and leaves the unfinished out, training nothing."""
+    out = tmp_path / "cmp"
+    base = ["compare", "--models", "sasrec", "caser", "gru4rec", "--config-dir", str(CONFIGS), "--protocol", "paper",
+            "--out", str(out), "--no-progress", f"data.path={synthetic_prepared}", *TINY, "caser:data.max_len=20"]
+    assert main([*base, "--only", "caser"]) == 0
+    assert (out / "runs" / "caser" / "metrics.json").exists() and not (out / "runs" / "sasrec").exists()
+    assert not (out / "compare.md").exists()
+    _, cfg, _ = build_from_checkpoint(out / "runs" / "caser")
+    assert cfg.data.max_len == 12  # forced to the first model's (sasrec) although caser asked for 20
+    assert main([*base, "--only", "sasrec"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--no-train"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reusing the finished run") == 2 and "training with" not in printed
+    assert [r["model"] for r in _rows(out)] == ["sasrec", "caser"]
+    assert not (out / "runs" / "gru4rec").exists()
+    assert "gru4rec: no finished run" in (out / "compare.md").read_text()
+    assert main([*base, "--only", "bert4rec"]) == 2  # not among the compared runs
+
+
+def test_paper_rows_follow_t2diff_ablation_switches():
+    from t2diff.compare import paper_method
+
+    assert paper_method({"name": "t2diff"}) == "T2Diff"
+    assert paper_method({"name": "t2diff", "diffusion": False}) == "Mixed-attention"
+    assert paper_method({"name": "t2diff", "drift": False}) == "W/O DP"
+    assert paper_method({"name": "t2diff", "kl_positions": "last"}) is None  # ours, not in the paper
+    assert paper_method({"name": "dat"}) == "DAT+" and paper_method({"name": "mine"}) is None
+    assert {"Mixed-attention", "W/O DP", "T2Diff"} <= set(paper_table2("ml-1m"))

@@ -59,6 +59,7 @@ VARIANTS = {
     "linear": {"schedule": "linear"},
     "log": {"schedule": "log"},
     "l2_kl": {"kl_loss": "l2", "kl_mask_padding": False},
+    "kl_last": {"kl_positions": "last"},
     "concat_user": {"user_ffn": False},
     "authors_unet": {"unet_time_emb": "authors", "unet_final_proj": False, "unet_padding": "zeros"},
     "authors_attention": {"session_mask_diag": True, "reverse_noise": "var", "kl_weight": 0.1},
@@ -104,6 +105,23 @@ def _grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.T
 
 def _all_zero(grads: list[torch.Tensor | None]) -> bool:
     return all(g is None or bool((g == 0).all()) for g in grads)
+
+
+def test_kl_positions_last_covers_only_the_unknown_drift() -> None:
+    """kl_positions=last: L_KL is the error at position n alone (d_n = x_{n+1} - x_n); 'all' averages every
+    position whose next item is real."""
+    torch.manual_seed(0)
+    batch = make_batch()
+    z0 = torch.randn(B, L, 16)
+    z0_hat = torch.randn(B, L, 16)
+    sq = (z0_hat - z0).pow(2).sum(-1)  # [B, L]
+    last = T2Diff(small_cfg(kl_positions="last"), make_info())
+    assert torch.allclose(last.kl_loss(z0_hat, z0, last.kl_mask(batch)), sq[:, -1].mean())
+    every = T2Diff(small_cfg(), make_info())
+    real_next = (torch.cat([batch.seq[:, 1:], batch.target[:, None]], 1) > 0).float()
+    assert torch.allclose(every.kl_loss(z0_hat, z0, every.kl_mask(batch)), (sq * real_next).sum() / real_next.sum())
+    with pytest.raises(ValueError, match="kl_positions"):
+        T2Diff(small_cfg(kl_positions="first"), make_info())
 
 
 def test_stop_gradients() -> None:

@@ -42,6 +42,21 @@ FORCED: tuple[tuple[str, str], ...] = (
 # our registry name -> the method's row in the paper's Table 2
 PAPER_NAMES: dict[str, str] = {"sasrec": "SASRec", "caser": "Caser", "gru4rec": "GRU4Rec", "bert4rec": "Bert4Rec",
                                "dat": "DAT+", "t2diff": "T2Diff"}
+
+
+def paper_method(model: dict[str, Any]) -> str | None:
+    """The paper's Table 2 row for a model section: T2Diff's ablations by their switches; None for a variant
+    the paper does not have (e.g. kl_positions=last)."""
+    name = model.get("name", "")
+    if name != "t2diff":
+        return PAPER_NAMES.get(name)
+    if not model.get("diffusion", True):
+        return "Mixed-attention"
+    if model.get("kl_positions", "all") != "all":
+        return None
+    return "T2Diff" if model.get("drift", True) else "W/O DP"
+
+
 # dataset -> (Table 2 metric columns, scale): the paper prints KuaiRand values multiplied by 10
 PAPER_METRICS: dict[str, tuple[tuple[str, ...], float]] = {
     "ml-1m": (("recall@2", "recall@20", "mrr@2", "mrr@20"), 1.0),
@@ -64,6 +79,8 @@ class CompareOptions:
     paper_dataset: str | None = None  # which Table 2 columns; None: the prepared dataset's name
     max_over_epochs: bool = False  # paper protocol: add the authors' max-over-epochs numbers
     resume: bool = False  # skip models whose run holds metrics.json, continue interrupted ones
+    only: list[str] = field(default_factory=list)  # train just these run labels (parallel jobs); no table written
+    no_train: bool = False  # tabulate finished runs only; never train (models without metrics.json are left out)
     progress: bool = True
     device: str = "cpu"
     infer_batch: int = 256
@@ -81,10 +98,12 @@ class CompareOptions:
             parts += ["--protocol", self.protocol]
         parts += ["--out", str(self.out)]
         flags = {"--paper": self.paper, "--max-over-epochs": self.max_over_epochs, "--resume": self.resume,
-                 "--no-progress": not self.progress}
+                 "--no-train": self.no_train, "--no-progress": not self.progress}
         parts += [f for f, on in flags.items() if on]
         if self.paper_dataset:
             parts += ["--paper-dataset", self.paper_dataset]
+        if self.only:
+            parts += ["--only", *self.only]
         if self.device != "cpu":
             parts += ["--device", self.device]
         return shlex.join([*parts, *self.overrides])
@@ -111,6 +130,7 @@ class ModelResult:
     infer_ms: float  # user tower, per sample, batched, median of repeats
     max_over_epochs: dict[str, float] | None = None
     skipped: bool = False  # taken from an earlier run (--resume)
+    paper_method: str | None = None  # the paper's Table 2 row for this model / ablation
 
 
 @dataclass
@@ -252,8 +272,9 @@ def _reported(cfg: ExperimentConfig, out: dict[str, Any]) -> str:
     return f"test @ last epoch ({out.get('epochs_run', '?')})"
 
 
-def run_model(e: Entry, opts: CompareOptions, log: Callable[[str], None] = print) -> ModelResult:
-    """Train (or, with --resume and a finished run, reload) one model; measure its size and inference time."""
+def run_model(e: Entry, opts: CompareOptions, log: Callable[[str], None] = print) -> ModelResult | None:
+    """Train (or, with --resume and a finished run, reload) one model; measure its size and inference time.
+    None with ``no_train`` when the model has no finished run."""
     from t2diff.checkpoint import build_from_checkpoint
     from t2diff.train import Trainer, build_split
 
@@ -263,12 +284,15 @@ def run_model(e: Entry, opts: CompareOptions, log: Callable[[str], None] = print
     prev = run_dir / "compare_run.json"
     earlier = json.loads(prev.read_text()).get("wall_seconds") if prev.exists() else None
     skipped = False
-    if opts.resume and done.exists():
+    if opts.no_train and not done.exists():
+        log(f"[{e.name}] no finished run in {run_dir} (--no-train): left out of the table")
+        return None
+    if (opts.resume or opts.no_train) and done.exists():
         saved = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else None
         if saved is None or _without_budget(saved) != _without_budget(cfg.to_dict()):
             raise ConfigError(f"{run_dir} was trained with another config; remove it or use another --out")
         # same run with a larger train.epochs / patience: the Trainer extends it; otherwise reuse it as it is
-        skipped = saved == cfg.to_dict()
+        skipped = saved == cfg.to_dict() or opts.no_train  # --no-train: as it is, never extended
     if skipped:
         log(f"[{e.name}] {done} exists: reusing the finished run")
         if cfg.train.threads:
@@ -298,7 +322,8 @@ def run_model(e: Entry, opts: CompareOptions, log: Callable[[str], None] = print
         name=e.name, model=cfg.model["name"], config=str(e.config_path), test=out["test"], reported=_reported(cfg, out),
         epochs_run=int(out.get("epochs_run", len(hist))), params=count_parameters(model),
         train_seconds=round(sum(h.get("train_seconds", 0.0) for h in hist), 2),
-        wall_seconds=None if wall is None else round(wall, 2), infer_ms=infer, max_over_epochs=mx, skipped=skipped)
+        wall_seconds=None if wall is None else round(wall, 2), infer_ms=infer, max_over_epochs=mx, skipped=skipped,
+        paper_method=paper_method(cfg.model))
 
 
 # ---- the paper's numbers -------------------------------------------------------------------------------------
@@ -370,7 +395,7 @@ class Report:
             if self.opts.max_over_epochs:
                 row.update({f"max_over_epochs:{c}": _round((r.max_over_epochs or {}).get(c)) for c in cols})
             out.append(row)
-            p = (self.paper or {}).get(PAPER_NAMES.get(r.model, ""))
+            p = (self.paper or {}).get(r.paper_method or "")
             if p is not None:
                 out.append({"model": p.method, "source": "paper Table 2", "config": "", "dataset": self.paper_dataset,
                             "protocol": "paper", "reported": "max over epochs of test (authors' reporting)",
@@ -473,8 +498,20 @@ def compare(opts: CompareOptions, log: Callable[[str], None] = print) -> Report:
     num_test = len(build_split(cfg0, ds).test)
     report = Report(dataset, cfg0, [], paper, notes, opts, started, num_test, opts.paper_dataset or dataset)
     opts.out.mkdir(parents=True, exist_ok=True)
+    if opts.only:
+        unknown = sorted(set(opts.only) - {e.name for e in entries})
+        if unknown:
+            raise ConfigError(f"--only {unknown}: not among the compared runs {[e.name for e in entries]}")
+        for e in entries:  # settings were forced over the whole list above, so a later --resume reuses these runs
+            if e.name in opts.only:
+                run_model(e, opts, log)
+        return report
     for e in entries:
-        report.results.append(run_model(e, opts, log))
+        result = run_model(e, opts, log)
+        if result is None:
+            notes.append(f"{e.name}: no finished run in {opts.out / 'runs' / e.name} (--no-train), not in the table")
+            continue
+        report.results.append(result)
         report.write()
     report.finished = True
     report.write()

@@ -29,6 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "reporting, selected on the test set)")
     p.add_argument("--resume", action="store_true",
                    help="skip models whose run holds metrics.json; continue interrupted ones")
+    p.add_argument("--only", nargs="+", default=[], metavar="RUN",
+                   help="train only these runs (labels as in OUT/runs/) with the settings forced over the whole "
+                   "list, and write no table: start one such job per model (e.g. on several GPUs), then tabulate "
+                   "with --no-train")
+    p.add_argument("--no-train", action="store_true",
+                   help="only tabulate: reuse finished runs in OUT/runs as they are, leave unfinished ones out")
     p.add_argument("--device", default="cpu")
     p.add_argument("--infer-batch", type=int, default=256, help="batch size for the inference timing")
     p.add_argument("--infer-repeats", type=int, default=5, help="timed repeats (median is reported)")
@@ -48,17 +54,21 @@ def run(args: argparse.Namespace) -> int:
     models = [m for m in args.models if "=" not in m]
     configs = [c for c in args.configs if "=" not in str(c)]
     overrides = [*(m for m in args.models if "=" in m), *(str(c) for c in args.configs if "=" in str(c)),
-                 *args.overrides]
+                 *(o for o in args.only if "=" in o), *args.overrides]
     opts = CompareOptions(
         out=args.out, models=models, configs=configs, config_dir=args.config_dir, protocol=args.protocol,
         overrides=overrides, paper=args.paper, paper_dataset=args.paper_dataset,
         max_over_epochs=args.max_over_epochs, resume=args.resume, progress=not args.no_progress,
         device=args.device, infer_batch=args.infer_batch, infer_repeats=args.infer_repeats,
+        only=[o for o in args.only if "=" not in o], no_train=args.no_train,
     )
     try:
         report = compare(opts)
     except (ConfigError, DataError, TrainingError, FileNotFoundError) as e:
         return fail(str(e))
+    if opts.only:
+        print(f"trained {opts.only} in {args.out / 'runs'}; tabulate with --no-train")
+        return 0
     print((args.out / "compare.md").read_text())
     print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.csv'} ({len(report.results)} models)")
     return 0

@@ -10,14 +10,17 @@ from t2diff.commands.common import dump, fail
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export item embeddings and an ANN index for serving",
                        description="Write items.npy / item_ids.txt / items.parquet (original item ids), the FAISS "
-                       "inner-product index (index/) and export.json (checkpoint path + sha256). For ivf / hnsw, "
+                       "inner-product index (index/) and export.json (checkpoint path + sha256). For ivf / hnsw / ivfpq, "
                        "index_report.json gives recall@K against exact search, with real test users as queries.")
     p.add_argument("checkpoint", help="a run directory (uses best.pt, else last.pt) or a .pt file")
     p.add_argument("--out", required=True, help="export folder (created)")
-    p.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat",
-                   help="flat = exact (default; right for catalogues up to ~1e5 items)")
-    p.add_argument("--nlist", type=int, help="ivf: number of lists (default min(4*sqrt(N), N/39))")
-    p.add_argument("--nprobe", type=int, default=64, help="ivf: lists scanned per query")
+    p.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivfpq"], default="flat",
+                   help="flat = exact (default; right for catalogues up to ~1e5 items); ivfpq = IVF with 4-bit "
+                   "PQ fast-scan codes and exact re-ranking (large catalogues)")
+    p.add_argument("--nlist", type=int, help="ivf/ivfpq: number of lists (default min(4*sqrt(N), N/39))")
+    p.add_argument("--nprobe", type=int, default=64, help="ivf/ivfpq: lists scanned per query")
+    p.add_argument("--pq-m", type=int, help="ivfpq: 4-bit sub-quantizers, must divide D (default D/2)")
+    p.add_argument("--refine", type=int, default=8, help="ivfpq: exactly re-rank refine*k PQ candidates")
     p.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
     p.add_argument("--ef-construction", type=int, default=64, help="hnsw: build beam width")
     p.add_argument("--ef-search", type=int, default=128, help="hnsw: search beam width")
@@ -35,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg = IndexConfig(kind=args.index, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m,
-                          ef_construction=args.ef_construction, ef_search=args.ef_search)
+                          ef_construction=args.ef_construction, ef_search=args.ef_search, pq_m=args.pq_m,
+                          refine=args.refine)
         meta = export_run(args.checkpoint, args.out, cfg, report_k=args.report_k,
                           report_queries=args.report_queries, copy_checkpoint=args.copy_checkpoint,
                           data_path=args.data)

@@ -31,6 +31,7 @@ from t2diff.models.layers import SideFeatures, TransformerBlock
 from t2diff.models.unet1d import PADDING_MODES, TIME_EMBS, UNet1D
 
 KL_LOSSES = ("mse", "l2")
+KL_POSITIONS = ("all", "last")
 
 
 @dataclass
@@ -55,6 +56,9 @@ class T2DiffConfig:
     kl_loss: str = "mse"  # mse: ||z0_hat - z0||^2 (eq. 23) | l2: un-squared norm (authors)
     kl_weight: float = 1.0  # lambda (paper 1 or 10, authors 0.1 on ML-1M / 10 on KuaiRand)
     kl_mask_padding: bool = True  # average L_KL only where X_{j+1} is a real item (False: all positions)
+    # positions L_KL covers: all n drift positions (eq. 23, paper) | last: only d_n = x_{n+1} - x_n, the one
+    # the condition X_{1:n} does not reveal (every earlier d_j is readable from it, see RESULTS.md)
+    kl_positions: str = "all"
     detach_xhat: bool = True  # stop-gradient between x_hat_{n+1} and the mixed-attention module (Fig. 2a)
     eval_seed: int | None = 0  # seed of the reverse-chain noise in eval mode (None: global RNG)
     # --- U-Net approximator
@@ -82,7 +86,7 @@ class T2DiffConfig:
     item_mlp_hidden: int = 128
 
     def validate(self) -> None:
-        choices = {"schedule": SCHEDULES, "reverse_noise": REVERSE_NOISE, "kl_loss": KL_LOSSES,
+        choices = {"schedule": SCHEDULES, "reverse_noise": REVERSE_NOISE, "kl_loss": KL_LOSSES, "kl_positions": KL_POSITIONS,
                    "unet_padding": PADDING_MODES, "unet_time_emb": TIME_EMBS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -191,9 +195,13 @@ class T2Diff(SideFeatures, SeqRecModel):
         return self.unet(z_t, xd, t)
 
     def kl_mask(self, batch: Batch) -> Tensor:
-        """[B, L] float: positions j whose X_{j+1} is a real item (all ones when kl_mask_padding is off)."""
+        """[B, L] float: positions j whose X_{j+1} is a real item (all ones when kl_mask_padding is off); with
+        ``kl_positions=last`` only the last column (the drift to the unknown x_{n+1})."""
         nxt = torch.cat([batch.seq[:, 1:], batch.target[:, None]], dim=1) > 0  # [B, L]
-        return nxt.float() if self.cfg.kl_mask_padding else torch.ones_like(nxt, dtype=torch.float)
+        mask = nxt.float() if self.cfg.kl_mask_padding else torch.ones_like(nxt, dtype=torch.float)
+        if self.cfg.kl_positions == "last":
+            mask[:, :-1] = 0.0
+        return mask
 
     def kl_loss(self, z0_hat: Tensor, z0: Tensor, mask: Tensor) -> Tensor:
         """L_KL (eq. 23): squared error summed over features (``mse``) or its square root (``l2``, authors),
