@@ -10,6 +10,7 @@
 # tables (`compare --no-train`). Fails fast (exit 3) if any job dies before finishing its first epoch.
 #
 #   bash benchmarks/gpu_ml1m.sh                       # needs cache/ml-1m (t2diff prepare ml-1m)
+#   GRPS_ONLY=loo LOO_LABELS="t2diff-loo sasrec" SKIP_INFER=1 bash benchmarks/gpu_ml1m.sh   # a part of it
 #   OUT=/tmp/o DEV=cpu PAPER_EPOCHS=1 LOO_EPOCHS=1 DEADLINE=600 bash benchmarks/gpu_ml1m.sh   # a dry run on CPU
 set -u
 PY=${PY:-python3}
@@ -39,7 +40,8 @@ CFGS[loo]="$C/t2diff-loo.yaml $C/t2diff-mixed-attention.yaml $C/t2diff-wo-dp.yam
 LABELS[loo]="t2diff-loo t2diff-mixed-attention t2diff-wo-dp t2diff-kl-last sasrec caser gru4rec bert4rec dat"
 ARGS[loo]="--protocol loo train.epochs=$LOO_EPOCHS train.patience=$LOO_PATIENCE train.threads=1 train.select_metric=ndcg@10"
 for g in paper paper-s2026 loo; do ARGS[$g]="${ARGS[$g]} ${EXTRA:-}"; done  # EXTRA: e.g. data.path=... (dry run)
-GRPS=(paper paper-s2026 loo)
+read -r -a GRPS <<< "${GRPS_ONLY:-paper paper-s2026 loo}"  # GRPS_ONLY / LOO_LABELS: run a part of it
+[ -n "${LOO_LABELS:-}" ] && LABELS[loo]=$LOO_LABELS
 
 start=$(date +%s)
 declare -A PID RUN RC
@@ -83,7 +85,7 @@ done
 pkill -P $$ 2>/dev/null; sleep 2
 echo "training phase: $(( $(date +%s) - start ))s"
 
-"$PY" benchmarks/bench_infer.py --device "$DEV" --batch-size 256 --repeats 10 --out "$OUT" > "$OUT/infer.log" 2>&1 \
+[ -n "${SKIP_INFER:-}" ] || "$PY" benchmarks/bench_infer.py --device "$DEV" --batch-size 256 --repeats 10 --out "$OUT" > "$OUT/infer.log" 2>&1 \
   || tail -5 "$OUT/infer.log"
 for g in "${GRPS[@]}"; do
   # shellcheck disable=SC2086
@@ -92,7 +94,7 @@ for g in "${GRPS[@]}"; do
 done
 echo "total: $(( $(date +%s) - start ))s"
 # results without the (large) checkpoints; two T2Diff paper models without optimiser state, for `t2diff diagnose`
-tar czf "$OUT/runs.tgz" --exclude='*.pt' "$R"/*.log "$R"/paper "$R"/paper-s2026 "$R"/loo 2>/dev/null
+tar czf "$OUT/runs.tgz" --exclude='*.pt' "$R"/*.log "${GRPS[@]/#/$R/}" 2>/dev/null
 "$PY" - "$R/paper/runs" "$OUT" <<'EOF'
 import sys, torch
 from pathlib import Path

@@ -10,8 +10,9 @@ from t2diff.commands.common import dump, fail
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export item embeddings and an ANN index for serving",
                        description="Write items.npy / item_ids.txt / items.parquet (original item ids), the FAISS "
-                       "inner-product index (index/) and export.json (checkpoint path + sha256). For ivf / hnsw / ivfpq, "
-                       "index_report.json gives recall@K against exact search, with real test users as queries.")
+                       "inner-product index (index/) and export.json (checkpoint path + sha256). For the ANN kinds "
+                       "(ivf, hnsw, ivfpq), index_report.json gives recall@K against exact search, with real test "
+                       "users as queries.")
     p.add_argument("checkpoint", help="a run directory (uses best.pt, else last.pt) or a .pt file")
     p.add_argument("--out", required=True, help="export folder (created)")
     p.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivfpq"], default="flat",

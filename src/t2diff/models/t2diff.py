@@ -86,8 +86,8 @@ class T2DiffConfig:
     item_mlp_hidden: int = 128
 
     def validate(self) -> None:
-        choices = {"schedule": SCHEDULES, "reverse_noise": REVERSE_NOISE, "kl_loss": KL_LOSSES, "kl_positions": KL_POSITIONS,
-                   "unet_padding": PADDING_MODES, "unet_time_emb": TIME_EMBS}
+        choices = {"schedule": SCHEDULES, "reverse_noise": REVERSE_NOISE, "kl_loss": KL_LOSSES,
+                   "kl_positions": KL_POSITIONS, "unet_padding": PADDING_MODES, "unet_time_emb": TIME_EMBS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"t2diff: {name}={getattr(self, name)!r}; choose one of {allowed}")
