@@ -133,7 +133,8 @@ def test_parallel_jobs_with_only_then_tabulate_with_no_train(synthetic_prepared,
     assert printed.count("reusing the finished run") == 2 and "training with" not in printed
     assert [r["model"] for r in _rows(out)] == ["sasrec", "caser"]
     assert not (out / "runs" / "gru4rec").exists()
-    assert "gru4rec: no finished run" in (out / "compare.md").read_text()
+    assert "not in the table (no finished run in" in (out / "compare.md").read_text()
+    assert "runs/gru4rec" in (out / "compare.md").read_text()
     assert main([*base, "--only", "bert4rec"]) == 2  # not among the compared runs
 
 

@@ -378,6 +378,7 @@ class Report:
     num_test: int
     paper_dataset: str = ""  # whose Table 2 columns the paper rows are
     finished: bool = False
+    missing: list[str] = field(default_factory=list)  # --no-train: runs without a finished run
 
     def columns(self) -> list[str]:
         extra = [c for p in (self.paper or {}).values() for c in p.metrics]
@@ -442,6 +443,8 @@ class Report:
             lines.append(f"- overrides applied to every model: `{' '.join(shared)}`")
         lines += [f"- overrides for {label} only: `{' '.join(ovs)}`" for label, ovs in per.items()]
         lines += [f"- forced: {n}" for n in self.notes]
+        lines += [f"- not in the table (no finished run in {self.opts.out / 'runs' / m}; --no-train)"
+                  for m in self.missing]
         lines += ["", "| " + " | ".join(["model", "source", "reported", *cols, "params", "MB fp32", "train s",
                                           "wall s", "epochs", "infer ms/sample"]) + " |",
                   "|" + "---|" * (len(cols) + 9)]
@@ -509,7 +512,7 @@ def compare(opts: CompareOptions, log: Callable[[str], None] = print) -> Report:
     for e in entries:
         result = run_model(e, opts, log)
         if result is None:
-            notes.append(f"{e.name}: no finished run in {opts.out / 'runs' / e.name} (--no-train), not in the table")
+            report.missing.append(e.name)
             continue
         report.results.append(result)
         report.write()
