@@ -153,3 +153,25 @@ def test_unet_options_and_gradients() -> None:
         UNet1D(8, 8, base_channels=16, final_proj=False)
     with pytest.raises(ValueError):
         UNet1D(8, 8, padding_mode="mirror")
+
+
+def test_keyed_noise_is_standard_normal_and_keyed() -> None:
+    from t2diff.diffusion.keyed_noise import keyed_normal, mix32, row_keys
+
+    x = torch.arange(200_000, dtype=torch.long)
+    h = mix32(x)
+    assert int(h.min()) >= 0 and int(h.max()) < 2**32 and h.unique().numel() == x.numel()  # bijective here
+    seq = torch.randint(0, 1000, (64, 20), generator=torch.Generator().manual_seed(0))
+    keys = row_keys(seq, seed=0)
+    z = keyed_normal(keys, 3, (20, 50))  # [64, 20, 50]
+    assert z.shape == (64, 20, 50) and z.dtype == torch.float32
+    flat = z.flatten().double()
+    assert abs(flat.mean().item()) < 0.02 and abs(flat.std().item() - 1) < 0.02  # 64,000 draws: se 0.004
+    assert abs(((flat > 1.96).double().mean() - 0.025).item()) < 0.005  # the tail of N(0, 1)
+    corr = torch.corrcoef(torch.stack([z[0].flatten(), z[1].flatten(), keyed_normal(keys, 4, (20, 50))[0].flatten()]))
+    assert corr.abs().triu(1).max() < 0.1  # rows and steps are independent streams
+    assert torch.equal(keyed_normal(keys[5:6], 3, (20, 50))[0], z[5])  # a row's noise ignores the others
+    assert not torch.equal(row_keys(seq, seed=1), keys)
+    seq2 = seq.clone()
+    seq2[0, 7] += 1
+    assert row_keys(seq2, 0)[0] != keys[0] and torch.equal(row_keys(seq2, 0)[1:], keys[1:])

@@ -157,6 +157,21 @@ def test_seeded_evaluation_is_reproducible() -> None:
     assert not torch.equal(a, c)  # the chain really is stochastic; the seed pins it
 
 
+def test_user_embedding_does_not_depend_on_batch_position_or_size() -> None:
+    """Keyed chain noise: a history gets the same x_hat (hence embedding) alone, permuted or in a batch, so the
+    service (one request) and batch retrieval agree."""
+    torch.manual_seed(0)
+    model = T2Diff(small_cfg(), make_info()).eval()
+    batch = make_batch()
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    with torch.no_grad():
+        full = model.user_embeddings(batch)
+        permuted = model.user_embeddings(Batch(**{k: v[perm] for k, v in vars(batch).items()}))
+        alone = model.user_embeddings(Batch(**{k: v[3:4] for k, v in vars(batch).items()}))
+    torch.testing.assert_close(permuted, full[perm], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone, full[3:4], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("drift", [True, False])
 def test_oracle_approximator_restores_next_item(drift: bool) -> None:
     """An approximator returning the true z0 makes the reverse chain give x_hat_{n+1} = x_{n+1} (eq. 18)."""
@@ -168,7 +183,7 @@ def test_oracle_approximator_restores_next_item(drift: bool) -> None:
         x_next = model.item_inputs(batch.target)
         z0 = model.diffusion_target(xd, x_next)
         model.approximate = lambda z, x, t: z0  # type: ignore[method-assign]
-        x_hat = model._diffuse_infer(xd)
+        x_hat = model._diffuse_infer(xd, batch.seq)
     torch.testing.assert_close(x_hat, x_next, rtol=0, atol=1e-6)
     if drift:  # eq. 11: z0 = X_{2:n+1} - X_{1:n}
         torch.testing.assert_close(z0[:, :-1], xd[:, 1:] - xd[:, :-1])

@@ -60,7 +60,8 @@ def diffusion_cosine_trace(model: T2Diff, batches: Iterable[Batch]) -> list[dict
             gen = model.eval_generator(device)
             trace: list[tuple[int, Tensor]] = []
             model.schedule.reverse_chain(lambda z, t, xd=xd: model.approximate(z, xd, t), tuple(xd.shape),
-                                         generator=gen, device=device, dtype=xd.dtype, trace=trace)  # Alg. 2
+                                         device=device, dtype=xd.dtype, trace=trace,
+                                         noise_fn=model.chain_noise(batch.seq, xd.dtype))  # Alg. 2, as evaluated
             for t, z0_hat in trace:
                 last[t].append(F.cosine_similarity(z0_hat[:, -1], z0[:, -1], dim=-1).cpu())
                 seq_c[t].append(_cos_seq(z0_hat, z0, mask).cpu())

@@ -173,20 +173,28 @@ class NoiseSchedule(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         trace: list[tuple[int, Tensor]] | None = None,
+        noise_fn: Callable[[int], Tensor] | None = None,
     ) -> Tensor:
         """The full reverse process (Alg. 2): z_T ~ N(0, I); for t = T..1: z0_hat = f(z_t, t) (eq. 15–16),
         z_{t-1} = p_step(z0_hat, z_t, t) (eq. 17). Returns z_0 [shape].
 
         ``approximator(z_t, t)`` gets z_t [shape] and t as a long tensor [shape[0]]. Noise is drawn from
-        ``generator`` (pass a seeded one for reproducible inference). ``trace``, if given, receives
-        ``(t, z0_hat)`` at every step."""
+        ``generator`` (pass a seeded one for reproducible inference), or, if given, from ``noise_fn(k)``
+        [shape] with k = 0 for z_T and k = t for the noise of step t (e.g. keyed_noise: per-example noise).
+        ``trace``, if given, receives ``(t, z0_hat)`` at every step."""
         device = self.betas.device if device is None else device
-        z = torch.randn(shape, generator=generator, device=device, dtype=dtype)  # z_T ~ N(0, I)
+
+        def draw(k: int) -> Tensor:
+            if noise_fn is not None:
+                return noise_fn(k)
+            return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+        z = draw(0)  # z_T ~ N(0, I)
         for t in range(self.steps, 0, -1):
             tt = torch.full((shape[0],), t, dtype=torch.long, device=device)
             z0_hat = approximator(z, tt)  # eq. 15–16
             if trace is not None:
                 trace.append((t, z0_hat))
-            noise = torch.randn(shape, generator=generator, device=device, dtype=dtype) if t > 1 else None
+            noise = draw(t) if t > 1 else None
             z = self.p_step(z0_hat, z, t, noise)  # eq. 17
         return z

@@ -18,6 +18,7 @@ Objective: L = L_TOWER + lambda * L_KL (eq. 24–25).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from t2diff.batch import Batch
 from t2diff.data.sessions import session_mask
+from t2diff.diffusion.keyed_noise import keyed_normal, row_keys
 from t2diff.diffusion.schedule import REVERSE_NOISE, SCHEDULES, NoiseSchedule
 from t2diff.models.base import DataInfo, SeqRecModel
 from t2diff.models.layers import SideFeatures, TransformerBlock
@@ -60,7 +62,9 @@ class T2DiffConfig:
     # the condition X_{1:n} does not reveal (every earlier d_j is readable from it, see RESULTS.md)
     kl_positions: str = "all"
     detach_xhat: bool = True  # stop-gradient between x_hat_{n+1} and the mixed-attention module (Fig. 2a)
-    eval_seed: int | None = 0  # seed of the reverse-chain noise in eval mode (None: global RNG)
+    # eval mode: the reverse chain's noise is a hash of (eval_seed, the user's history, step), so a user gets the
+    # same x_hat in any batch position or batch size (serve == retrieve); None: the global torch RNG
+    eval_seed: int | None = 0
     # --- U-Net approximator
     unet_levels: int = 4
     unet_base_channels: int = 0  # 0: = hidden
@@ -110,9 +114,9 @@ class T2Diff(SideFeatures, SeqRecModel):
     - ``loss`` needs every ``batch.target`` > 0 (``ValueError`` otherwise); ``user_embeddings`` ignores it.
     - Time lags use ``seq_time`` / ``target_time`` only where ``info.has_time`` and both are > 0; an unknown
       time (0) falls in a dedicated "unknown" bucket.
-    - Inference runs the full T-step reverse chain (Alg. 2). In eval mode its noise comes from a generator
-      re-seeded with ``eval_seed`` at every ``user_embeddings`` call, so two calls on the same batch agree
-      (a user's noise depends on its row in the batch, so results are exact for a fixed batching).
+    - Inference runs the full T-step reverse chain (Alg. 2). In eval mode its noise is keyed by
+      (``eval_seed``, the row's item ids, step) (``diffusion.keyed_noise``), so a history gets the same
+      embedding whatever its row, batch size or device; with ``eval_seed=None`` the global RNG is used.
     """
 
     Config = T2DiffConfig
@@ -228,12 +232,22 @@ class T2Diff(SideFeatures, SeqRecModel):
         g.manual_seed(int(self.cfg.eval_seed))
         return g
 
-    def _diffuse_infer(self, xd: Tensor) -> Tensor:
-        """Alg. 2: the full T-step reverse chain from z_T ~ N(0, I). Returns x_hat_{n+1} [B, D]."""
+    def chain_noise(self, seq: Tensor, dtype: torch.dtype) -> Callable[[int], Tensor] | None:
+        """Eval mode with ``eval_seed``: noise_fn(k) -> [B, L, D] keyed by each row's ids (keyed_noise); else
+        None (the global RNG)."""
+        if self.training or self.cfg.eval_seed is None:
+            return None
+        keys = row_keys(seq, int(self.cfg.eval_seed))  # [B]
+        shape = (seq.shape[1], self.cfg.hidden)
+        return lambda k: keyed_normal(keys, k, shape, dtype)
+
+    def _diffuse_infer(self, xd: Tensor, seq: Tensor) -> Tensor:
+        """Alg. 2: the full T-step reverse chain from z_T ~ N(0, I) for X_{1:n} = xd [B, L, D] of the ids seq
+        [B, L]. Returns x_hat_{n+1} [B, D]."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.detach_xhat):
             z0 = self.schedule.reverse_chain(lambda z, t: self.approximate(z, xd, t), tuple(xd.shape),
-                                             generator=self.eval_generator(xd.device), device=xd.device,
-                                             dtype=xd.dtype)
+                                             device=xd.device, dtype=xd.dtype,
+                                             noise_fn=self.chain_noise(seq, xd.dtype))
             return self.utilize(z0, xd)  # eq. 18
 
     # ------------------------------------------------------------------ mixed-attention module (§4.3)
@@ -306,7 +320,7 @@ class T2Diff(SideFeatures, SeqRecModel):
     def user_embeddings(self, batch: Batch) -> Tensor:  # [B, out_dim]
         self._check(batch)
         x = self.item_inputs(batch.seq)  # [B, L, D]
-        x_hat = self._diffuse_infer(x.detach()) if self.cfg.diffusion else None  # Alg. 2
+        x_hat = self._diffuse_infer(x.detach(), batch.seq) if self.cfg.diffusion else None  # Alg. 2
         return self._user_vec(x, batch, x_hat)
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
