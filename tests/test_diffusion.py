@@ -156,11 +156,14 @@ def test_unet_options_and_gradients() -> None:
 
 
 def test_keyed_noise_is_standard_normal_and_keyed() -> None:
-    from t2diff.diffusion.keyed_noise import keyed_normal, mix32, row_keys
+    from t2diff.diffusion.keyed_noise import _as_i32, keyed_normal, mix32, mix32_i32, row_keys
 
     x = torch.arange(200_000, dtype=torch.long)
     h = mix32(x)
     assert int(h.min()) >= 0 and int(h.max()) < 2**32 and h.unique().numel() == x.numel()  # bijective here
+    # the fast int32 version (wrapping multiplies) is bit-identical to the int64 reference
+    big = torch.randint(0, 2**32, (100_000,), generator=torch.Generator().manual_seed(1), dtype=torch.long)
+    assert torch.equal(mix32_i32(_as_i32(big)).long() & 0xFFFFFFFF, mix32(big))
     seq = torch.randint(0, 1000, (64, 20), generator=torch.Generator().manual_seed(0))
     keys = row_keys(seq, seed=0)
     z = keyed_normal(keys, 3, (20, 50))  # [64, 20, 50]
