@@ -86,9 +86,10 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in models}  # process CPU seconds
     walls: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
-        for m in models.values():  # warm-up: allocator, kernels (a small batch keeps it short for T = 200)
+        for m in models.values():  # warm-up: allocator, kernels (a small batch keeps it short for T = 200 on CPU)
             m.user_embeddings(make_batch(16).to(args.device))
-            m.user_embeddings(batch)
+            if gpu:  # and the timed shape once: cuDNN / cuBLAS pick kernels per shape on first use
+                m.user_embeddings(batch)
         sync()
         for r in range(args.repeats):
             for name, m in models.items():
