@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Full-budget ML-1M runs on one GPU, all through `t2diff compare` (same splits, seeds and evaluator per table):
-#   paper/        paper protocol, seed 2025: T2Diff, its ablations (mixed attention, W/O DP), the kl-last variant,
+#   paper/        paper protocol, seed 2025: T2Diff, its ablations (mixed attention, W/O DP), the kl-last and authors-code variants,
 #                 SASRec, Caser, GRU4Rec, BERT4Rec, DAT+           (issues 3 and 4)
 #   paper-s2026/  the same T2Diff group and SASRec with train.seed=2026 (a second training seed)
 #   loo/          leave-one-out, every model, early stopping on validation
@@ -11,6 +11,7 @@
 #
 #   bash benchmarks/gpu_ml1m.sh                       # needs cache/ml-1m (t2diff prepare ml-1m)
 #   GRPS_ONLY=loo LOO_LABELS="t2diff-loo sasrec" SKIP_INFER=1 bash benchmarks/gpu_ml1m.sh   # a part of it
+#   (PAPER_LABELS, S2026_LABELS likewise; EXTRA="eval.batch_size=4096" evaluates in fewer, larger GPU batches)
 #   OUT=/tmp/o DEV=cpu PAPER_EPOCHS=1 LOO_EPOCHS=1 DEADLINE=600 bash benchmarks/gpu_ml1m.sh   # a dry run on CPU
 set -u
 PY=${PY:-python3}
@@ -27,8 +28,8 @@ C=configs/ml-1m
 mkdir -p "$R" "$OUT"
 CMP=("$PY" -m t2diff.cli compare --no-progress --device "$DEV" --max-over-epochs)
 
-T2="$C/t2diff.yaml $C/t2diff-mixed-attention.yaml $C/t2diff-wo-dp.yaml $C/t2diff-kl-last.yaml"
-T2_LABELS="t2diff t2diff-mixed-attention t2diff-wo-dp t2diff-kl-last"
+T2="$C/t2diff.yaml $C/t2diff-mixed-attention.yaml $C/t2diff-wo-dp.yaml $C/t2diff-kl-last.yaml $C/t2diff-authors.yaml"
+T2_LABELS="t2diff t2diff-mixed-attention t2diff-wo-dp t2diff-kl-last t2diff-authors"
 declare -A CFGS LABELS ARGS
 CFGS[paper]="$T2 $C/sasrec-paper.yaml $C/caser-paper.yaml $C/gru4rec-paper.yaml $C/bert4rec-paper.yaml $C/dat-paper.yaml"
 LABELS[paper]="$T2_LABELS sasrec caser gru4rec bert4rec dat"
@@ -40,7 +41,9 @@ CFGS[loo]="$C/t2diff-loo.yaml $C/t2diff-mixed-attention.yaml $C/t2diff-wo-dp.yam
 LABELS[loo]="t2diff-loo t2diff-mixed-attention t2diff-wo-dp t2diff-kl-last sasrec caser gru4rec bert4rec dat"
 ARGS[loo]="--protocol loo train.epochs=$LOO_EPOCHS train.patience=$LOO_PATIENCE train.threads=1 train.select_metric=ndcg@10"
 for g in paper paper-s2026 loo; do ARGS[$g]="${ARGS[$g]} ${EXTRA:-}"; done  # EXTRA: e.g. data.path=... (dry run)
-read -r -a GRPS <<< "${GRPS_ONLY:-paper paper-s2026 loo}"  # GRPS_ONLY / LOO_LABELS: run a part of it
+read -r -a GRPS <<< "${GRPS_ONLY:-paper paper-s2026 loo}"  # GRPS_ONLY / *_LABELS: run a part of it
+[ -n "${PAPER_LABELS:-}" ] && LABELS[paper]=$PAPER_LABELS
+[ -n "${S2026_LABELS:-}" ] && LABELS[paper-s2026]=$S2026_LABELS
 [ -n "${LOO_LABELS:-}" ] && LABELS[loo]=$LOO_LABELS
 
 start=$(date +%s)
@@ -99,7 +102,7 @@ tar czf "$OUT/runs.tgz" --exclude='*.pt' "$R"/*.log "${GRPS[@]/#/$R/}" 2>/dev/nu
 import sys, torch
 from pathlib import Path
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
-for lab in ("t2diff", "t2diff-kl-last"):
+for lab in ("t2diff", "t2diff-kl-last", "t2diff-authors"):
     f = src / lab / "last.pt"
     if f.exists():
         ck = torch.load(f, map_location="cpu", weights_only=True)

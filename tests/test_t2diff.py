@@ -64,6 +64,10 @@ VARIANTS = {
     "authors_unet": {"unet_time_emb": "authors", "unet_final_proj": False, "unet_padding": "zeros"},
     "authors_attention": {"session_mask_diag": True, "reverse_noise": "var", "kl_weight": 0.1},
     "pos_emb_2layers": {"session_pos_emb": True, "session_layers": 2, "steps": 12},
+    # every authors'-code switch at once, as configs/ml-1m/t2diff-authors.yaml
+    "authors_code": {"reverse_noise": "var", "kl_loss": "l2", "kl_mask_padding": False, "unet_time_emb": "authors",
+                     "unet_final_proj": False, "unet_padding": "zeros", "session_mask_diag": True,
+                     "user_ffn": False, "detach_xhat": False},
 }
 
 
