@@ -26,7 +26,9 @@ from typing import Any
 def load(run: Path) -> dict[str, Any]:
     hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     done = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else None
-    return {"name": run.name, "group": run.parent.parent.name, "hist": hist, "done": done}
+    # compare's layout is <group>/runs/<run>; a plain folder of runs (<group>/<run>) is named by itself
+    group = run.parent.parent.name if run.parent.name == "runs" else run.parent.name
+    return {"name": run.name, "group": group, "hist": hist, "done": done}
 
 
 def fmt(v: float | None) -> str:

@@ -50,6 +50,39 @@ def test_diagnose_writes_one_finite_row_per_step(synthetic_prepared: Path, tmp_p
     assert (again / "diffusion_cosine_trace.csv").read_text() == (out / "diffusion_cosine_trace.csv").read_text()
 
 
+def test_xhat_sources_chain_reproduces_evaluation(synthetic_prepared: Path, tmp_path: Path) -> None:
+    """The 'chain' source must give exactly the evaluator's metrics; an oracle x_hat changes the ranking only
+    through x_hat (same weights), and the CLI writes the table."""
+    from t2diff.checkpoint import build_from_checkpoint
+    from t2diff.diagnostics import xhat_source_metrics
+    from t2diff.evaluate import evaluate
+    from t2diff.train import build_split
+
+    run = _train(synthetic_prepared, tmp_path / "run")
+    model, cfg, ds = build_from_checkpoint(run)
+    ex = build_split(cfg, ds).test
+    ref = evaluate(model, ds, ex, cfg.data.max_len, [5, 10], batch_size=5)
+    res = xhat_source_metrics(model, ds, ex, cfg.data.max_len, [5, 10], ["chain", "none", "last-item", "onestep@1"],
+                              batch_size=3)
+    assert res["chain"] == ref  # batch-size independent too (keyed chain noise)
+    for m in res.values():
+        assert m["num_examples"] == len(ex) and all(0.0 <= v <= 1.0 for k, v in m.items() if k != "num_examples")
+    out = tmp_path / "x"
+    assert main(["diagnose", str(run), "--users", "3", "--out", str(out), "--no-progress",
+                 "--xhat-sources", "chain", "onestep@2"]) == 0
+    rows = list(csv.DictReader((out / "xhat_sources.csv").open()))
+    assert [r["source"] for r in rows] == ["chain", "onestep@2"]
+    assert float(rows[0]["recall@10"]) == pytest.approx(ref["recall@10"], abs=1e-6)
+    assert "| chain |" in (out / "xhat_sources.md").read_text()
+
+
+@pytest.mark.parametrize("bad", ["onestep@0", f"onestep@{STEPS + 1}", "onestep", "noise"])
+def test_xhat_sources_rejects_unknown_source(synthetic_prepared: Path, tmp_path: Path, bad: str, capsys) -> None:
+    run = _train(synthetic_prepared, tmp_path / "run")
+    assert main(["diagnose", str(run), "--out", str(tmp_path / "o"), "--no-progress", "--xhat-sources", bad]) == 2
+    assert bad in capsys.readouterr().err
+
+
 def test_diagnose_rejects_runs_without_diffusion(synthetic_prepared: Path, tmp_path: Path, capsys) -> None:
     run = _train(synthetic_prepared, tmp_path / "mixed", "model.diffusion=false")
     assert main(["diagnose", str(run), "--users", "4", "--out", str(tmp_path / "o"), "--no-progress"]) == 2

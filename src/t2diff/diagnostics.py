@@ -5,6 +5,10 @@ records, at every reverse step t = T..1, the cosine similarity between the appro
 z0 (the drift, or X_{2:n+1} without drift preparation). It also records the *one-step* prediction from the
 noised true z0 at the same t (what training sees, Alg. 1), so the train / inference mismatch is measurable.
 ``write_trace`` writes the rows as CSV and a PNG plot.
+
+``xhat_source_metrics`` ranks a split with x_hat_{n+1} taken from other sources than the reverse chain (none,
+the last behaviour, one step from the noised *true* z0 as in training): how much the tower relies on x_hat, and
+how much of the training-time x_hat (which sees the target) is lost at inference.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from t2diff.batch import Batch
+from t2diff.data.batching import make_batch
+from t2diff.data.prepared import PreparedDataset
+from t2diff.data.protocols import Examples
+from t2diff.metrics import metrics_from_ranks, ranks_from_scores
 from t2diff.models.t2diff import T2Diff
 
 TRACE_COLUMNS = ("t", "iteration", "n", "cos_last_mean", "cos_last_p10", "cos_last_p50", "cos_last_p90",
@@ -132,3 +140,66 @@ def write_trace(rows: list[dict[str, float]], out_dir: str | Path) -> dict[str, 
     fig.savefig(paths["png"], dpi=120)
     plt.close(fig)
     return paths
+
+
+def parse_xhat_source(name: str, steps: int) -> tuple[str, int]:
+    """'chain' | 'none' | 'last-item' | 'onestep@R' (1 <= R <= T) -> (kind, R or 0); ValueError otherwise."""
+    if name in ("chain", "none", "last-item"):
+        return name, 0
+    kind, _, r = name.partition("@")
+    if kind == "onestep" and r.isdigit() and 1 <= int(r) <= steps:
+        return kind, int(r)
+    raise ValueError(f"x_hat source {name!r}: use chain, none, last-item or onestep@R with 1 <= R <= {steps}")
+
+
+@torch.no_grad()
+def xhat_source_metrics(model: T2Diff, ds: PreparedDataset, ex: Examples, max_len: int, ks: list[int],
+                        sources: list[str], batch_size: int = 512, seed: int = 0,
+                        device: str = "cpu") -> dict[str, dict[str, float]]:
+    """Full-ranking metrics of ``ex`` (examples with a known target) for each x_hat source:
+
+    - ``chain``: Alg. 2 from noise, exactly what evaluation and serving use;
+    - ``none``: no x_hat token in the session (the mixed-attention module alone, same weights);
+    - ``last-item``: x_hat = X_n (zero drift; W/O DP: the last behaviour itself), no diffusion information;
+    - ``onestep@R``: one approximator step from q(z_R | true z0) (eq. 14-15), the x_hat that training feeds the
+      tower (Alg. 1): it sees the target, so it is an oracle, and its gap to ``chain`` is the train / inference
+      mismatch.
+    """
+    if not model.cfg.diffusion:
+        raise ValueError("xhat_source_metrics needs a T2Diff model with diffusion=True")
+    parsed = [parse_xhat_source(s, model.schedule.steps) for s in sources]
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    ranks: dict[str, list[Tensor]] = {s: [] for s in sources}
+    try:
+        items = model.item_embeddings().to(device)  # [I+1, D']
+        for s in range(0, len(ex), batch_size):
+            batch = make_batch(ds, ex.users[s: s + batch_size], ex.positions[s: s + batch_size], max_len).to(device)
+            if bool((batch.target <= 0).any()):
+                raise ValueError("xhat_source_metrics needs a known target (> 0) for every example")
+            x = model.item_inputs(batch.seq)  # X_{1:n} [B, L, D]
+            for name, (kind, r) in zip(sources, parsed, strict=True):
+                if kind == "chain":
+                    x_hat = model._diffuse_infer(x, batch.seq)
+                elif kind == "none":
+                    x_hat = None
+                elif kind == "last-item":
+                    x_hat = model.utilize(torch.zeros_like(x), x) if model.cfg.drift else x[:, -1]
+                else:
+                    z0 = model.diffusion_target(x, model.item_inputs(batch.target))  # uses the target
+                    rr = torch.full((x.shape[0],), r, dtype=torch.long, device=x.device)
+                    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                    x_hat = model.utilize(model.approximate(model.schedule.q_sample(z0, rr, noise), x, rr), x)
+                scores = model._user_vec(x, batch, x_hat) @ items.T  # [B, I+1]
+                scores[:, 0] = -torch.inf
+                ranks[name].append(ranks_from_scores(scores, batch.target).cpu())
+    finally:
+        model.train(was_training)
+    out: dict[str, dict[str, float]] = {}
+    for name in sources:
+        m = metrics_from_ranks(torch.cat(ranks[name]).numpy(), ks)
+        m["num_examples"] = len(ex)
+        out[name] = m
+    return out

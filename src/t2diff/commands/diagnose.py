@@ -3,7 +3,10 @@
 For N evaluation examples of the run's protocol (test by default), the cosine similarity between the
 approximator's z0_hat and the true z0 at every reverse step t = T..1 of the inference chain (Alg. 2), next to
 the one-step prediction from the noised true z0 that training sees (Alg. 1), so the train / inference
-mismatch is visible. Writes ``diffusion_cosine_trace.csv`` and ``.png`` (diagnostics.write_trace)."""
+mismatch is visible. Writes ``diffusion_cosine_trace.csv`` and ``.png`` (diagnostics.write_trace).
+
+With ``--xhat-sources``, also ranks the whole split with x_hat from each named source (chain, none, last-item,
+onestep@R: see diagnostics.xhat_source_metrics) and writes ``xhat_sources.csv`` / ``.md``."""
 
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--data", help="prepared dataset (default: the one in the checkpoint's config)")
+    p.add_argument("--xhat-sources", nargs="+", metavar="SRC",
+                   help="also rank every example of the split with x_hat from each source: chain (as evaluated), "
+                   "none, last-item, onestep@R (one step from q(z_R | true z0): sees the target, as in training)")
     add_progress_arg(p)
     p.set_defaults(func=run)
 
@@ -39,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from t2diff.checkpoint import build_from_checkpoint
     from t2diff.data.batching import iterate_batches
-    from t2diff.diagnostics import diffusion_cosine_trace, write_trace
+    from t2diff.diagnostics import diffusion_cosine_trace, parse_xhat_source, write_trace, xhat_source_metrics
     from t2diff.models.t2diff import T2Diff
     from t2diff.train import build_split
 
@@ -53,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(e))
     if not isinstance(model, T2Diff) or not model.cfg.diffusion:
         return fail(f"{args.run_dir} is not a T2Diff run with a diffusion module (model {cfg.model['name']!r})")
+    try:
+        for src in args.xhat_sources or []:
+            parse_xhat_source(src, model.cfg.steps)
+    except ValueError as e:
+        return fail(str(e))
     split = build_split(cfg, ds)
     ex = split.test if args.split == "test" else split.valid
     if ex is None:
@@ -77,4 +88,27 @@ def run(args: argparse.Namespace) -> int:
           f"q(z_1|z0): {last['onestep_cos_last_mean']:.4f}")
     for p in paths.values():
         print(f"wrote {p}")
+    if args.xhat_sources:
+        res = xhat_source_metrics(model, ds, ex, cfg.data.max_len, list(cfg.eval.ks), args.xhat_sources,
+                                  batch_size=args.batch_size, seed=args.seed)
+        for p in _write_xhat(res, Path(args.out), f"{args.run_dir}, {args.split} split, {len(ex)} examples"):
+            print(f"wrote {p}")
     return 0
+
+
+def _write_xhat(res: dict[str, dict[str, float]], out: Path, what: str) -> list[Path]:
+    import csv
+
+    cols = sorted({k for m in res.values() for k in m if k != "num_examples"},
+                  key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
+    with (out / "xhat_sources.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source", *cols, "num_examples"])
+        for src, m in res.items():
+            w.writerow([src, *(f"{m[c]:.6f}" for c in cols), m["num_examples"]])
+    lines = [f"x_hat sources ({what}); onestep@R sees the target (training's x_hat, an oracle)", "",
+             "| x_hat source | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {src} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |" for src, m in res.items()]
+    (out / "xhat_sources.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return [out / "xhat_sources.csv", out / "xhat_sources.md"]
