@@ -11,10 +11,12 @@ and the p50/p99 latency of one-query-at-a-time search, as a server does it. Writ
 
 Threads: index building and the batched exact search use ``--build-threads`` (all cores); latency is
 measured with ``--search-threads`` (default 1) because a server runs one request per core, and an OpenMP
-parallel region for a single query costs more than it saves, badly so when the cores are shared.
-Both wall time and the calling thread's CPU time per query are reported; the target is judged on CPU
-time, which equals the latency on an idle core and is not inflated by other processes on shared machines
-(the 1-minute load average is recorded with each row).
+parallel region for a single query costs more than it saves, badly so when the cores are shared, except
+for ``ivfpq`` with ``--pq-probe-parallel`` (FAISS splits the query's probed lists over the threads).
+Both wall time and the calling thread's CPU time per query are reported. With one search thread the target
+is judged on CPU time, which equals the latency on an idle core and is not inflated by other processes on
+shared machines; with more, on wall time (the calling thread's CPU time misses the other threads' work), so
+run those on a quiet machine (the 1-minute load average is recorded with each row).
 
 Random-normal vectors have no cluster structure: they are the hardest case for IVF (and harder than
 trained embeddings for HNSW), so these numbers are a conservative floor for real catalogues.
@@ -63,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pq-nlist", type=int, default=1024, help="ivfpq: IVF lists")
     p.add_argument("--pq-m", type=int, default=None, help="ivfpq: 4-bit sub-quantizers (default D/2)")
     p.add_argument("--pq-nprobe", type=_ints, default=_ints("128,256,384,512"))
+    p.add_argument("--pq-probe-parallel", action="store_true",
+                   help="ivfpq: split each query's probed lists over --search-threads threads")
     p.add_argument("--refine", type=_ints, default=_ints("8"), help="ivfpq: exact re-ranking of refine*K")
     p.add_argument("--kinds", default="flat,ivf,hnsw,ivfpq")
     p.add_argument("--build-threads", type=int, default=os.cpu_count() or 1)
@@ -73,9 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _row(rep: dict[str, Any], build_s: float) -> dict[str, Any]:
-    # Judged on CPU time per query (= latency on an idle core, search_threads=1): wall time on these shared
-    # 2-core machines includes waiting for other processes. Both are reported.
-    ok = rep["cpu_ms"]["p50"] <= TARGET_P50_MS and rep["recall_at_k"] >= TARGET_RECALL
+    # One search thread: judged on CPU time per query (= latency on an idle core): wall time on these shared
+    # 2-core machines includes waiting for other processes. More threads: on wall time. Both are reported.
+    p50 = rep["cpu_ms"]["p50"] if rep["latency_ms"]["threads"] == 1 else rep["latency_ms"]["p50"]
+    ok = p50 <= TARGET_P50_MS and rep["recall_at_k"] >= TARGET_RECALL
     return {**rep, "build_s": round(build_s, 1), "load_avg_1m": round(os.getloadavg()[0], 2), "meets_target": ok}
 
 
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _log(f"exact top-{a.k} for {a.queries} queries over {a.n} x {a.dim}: {time.perf_counter() - t0:.1f}s")
     rows: list[dict[str, Any]] = []
     if a.search_threads != 1:
-        _log("warning: cpu_ms (used for the target) only counts the calling thread; use --search-threads 1")
+        _log("note: more than one search thread: the target is judged on wall time; run on a quiet machine")
     if "flat" in kinds:
         rows.append(_row(index_report(flat, queries, exact_ids=exact_ids, **report_kw), 0.0))
         _log(f"flat: {rows[-1]['latency_ms']}")
@@ -144,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if "ivfpq" in kinds:
         t0 = time.perf_counter()
-        pq = ItemIndex.build(items, ids, IndexConfig("ivfpq", nlist=a.pq_nlist, pq_m=a.pq_m, seed=a.seed))
+        pq = ItemIndex.build(items, ids, IndexConfig("ivfpq", nlist=a.pq_nlist, pq_m=a.pq_m, seed=a.seed,
+                                                     probe_parallel=a.pq_probe_parallel))
         build_s = time.perf_counter() - t0
         _log(f"ivfpq nlist={pq.cfg.nlist} pq_m={pq.cfg.pq_m} built in {build_s:.1f}s")
         for nprobe in a.pq_nprobe:
@@ -191,7 +197,8 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"search threads {s['search_threads']}. Latency: {s['latency']}. Recall@{k} against exact flat search.",
         "",
         f"| index | params | recall@{k} | cpu p50 ms | cpu p99 ms | wall p50 ms | wall p99 ms | build s "
-        f"| load avg | cpu p50 <= {TARGET_P50_MS} ms and recall >= {TARGET_RECALL} |",
+        f"| load avg | {'cpu' if s['search_threads'] == 1 else 'wall'} p50 <= {TARGET_P50_MS} ms and "
+        f"recall >= {TARGET_RECALL} |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["results"]:

@@ -131,6 +131,29 @@ def test_ivfpq_recall_and_refine(data: tuple[np.ndarray, np.ndarray], exact_top1
         ItemIndex.build(table[:2000], cfg=IndexConfig("ivfpq", nlist=8, pq_m=5))
 
 
+def test_ivfpq_probe_parallel_same_results(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """Splitting a query's probed lists over 2 FAISS threads must not change what is found, and the switch
+    survives save / load."""
+    import faiss
+
+    table, queries = data
+    index = ItemIndex.build(table[:5001], cfg=IndexConfig("ivfpq", nlist=64, nprobe=16, refine=4))
+    prev = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        ref = [index.search(q[None], 10) for q in queries[:40]]  # one query per call, as a server does
+        index.set_search_params(probe_parallel=True)
+        assert faiss.downcast_index(index.index.base_index).implem == 14
+        par = [index.search(q[None], 10) for q in queries[:40]]
+    finally:
+        faiss.omp_set_num_threads(prev)
+    for (s0, i0), (s1, i1) in zip(ref, par, strict=True):
+        np.testing.assert_array_equal(i0, i1)
+        np.testing.assert_allclose(s0, s1, rtol=1e-5)
+    with pytest.raises(ValueError, match="probe_parallel"):
+        index.set_search_params(probe_parallel=1)  # type: ignore[arg-type]
+
+
 def test_ivf_default_recall_clustered() -> None:
     rng = np.random.default_rng(1)
     centers = 3.0 * rng.standard_normal((200, DIM)).astype(np.float32)
@@ -145,7 +168,7 @@ def test_ivf_default_recall_clustered() -> None:
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
 def test_save_load_round_trip(tmp_path, data: tuple[np.ndarray, np.ndarray], kind: str) -> None:
     table, queries = data
-    cfg = IndexConfig(kind, nlist=32, nprobe=7, hnsw_m=8, ef_search=40)
+    cfg = IndexConfig(kind, nlist=32, nprobe=7, hnsw_m=8, ef_search=40, probe_parallel=kind == "ivfpq")
     index = ItemIndex.build(table[:3000], cfg=cfg)
     before = index.search(queries, 20)
     index.save(tmp_path / "idx")
@@ -153,6 +176,8 @@ def test_save_load_round_trip(tmp_path, data: tuple[np.ndarray, np.ndarray], kin
     assert meta["metric"] == "inner_product" and meta["size"] == 2999 and meta["config"]["kind"] == kind
     loaded = load_index(tmp_path / "idx")
     assert loaded.cfg == index.cfg and loaded.size == 2999 and loaded.dim == DIM
+    if kind == "ivfpq":  # search knobs are re-applied to the loaded FAISS index
+        assert loaded._ivf().nprobe == 7 and loaded._ivf().implem == 14
     np.testing.assert_array_equal(loaded.ids, index.ids)
     after = loaded.search(queries, 20)
     np.testing.assert_array_equal(after[1], before[1])

@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--threads", type=int, help="requests computed at once (default: the number of CPUs, >= 2); "
                    "each runs PyTorch and FAISS on one thread")
+    p.add_argument("--faiss-threads", type=int, default=1,
+                   help="FAISS threads per search (default 1: one core per request); more only helps an index "
+                   "exported with --probe-parallel, on cores that concurrent requests leave idle")
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
     p.set_defaults(func=run)
 
@@ -30,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from t2diff.retrieval.export import open_retriever
     from t2diff.retrieval.service import serve
 
+    if args.faiss_threads < 1:
+        return fail(f"--faiss-threads must be >= 1, got {args.faiss_threads}")
     try:
         retriever = open_retriever(args.checkpoint, args.export, args.data)
     except (FileNotFoundError, ValueError, DataError) as e:
@@ -39,5 +44,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: binding {args.host}: the service has no authentication", file=sys.stderr)
     except ValueError:
         pass  # a host name; uvicorn resolves it
-    serve(retriever, args.host, args.port, args.log_level, args.access_log, args.threads)
+    serve(retriever, args.host, args.port, args.log_level, args.access_log, args.threads, args.faiss_threads)
     return 0

@@ -58,6 +58,9 @@ class IndexConfig:
     # ivfpq
     pq_m: int | None = None  # sub-quantizers (4 bits each; must divide D); None -> D / 2 (2 dims per code)
     refine: int = 8  # exact re-ranking of refine * k candidates (1: PQ scores as they are)
+    # ivfpq: split one query's probed lists over the FAISS threads (FAISS fast-scan implem 14) instead of
+    # running a single query on one thread; lowers single-query latency when > 1 FAISS thread is free
+    probe_parallel: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -70,6 +73,8 @@ class IndexConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "seed" else 1):
                 raise ValueError(f"IndexConfig.{name} must be an integer >= {0 if name == 'seed' else 1}, "
                                  f"got {v!r}")
+        if not isinstance(self.probe_parallel, bool):
+            raise ValueError(f"IndexConfig.probe_parallel must be true or false, got {self.probe_parallel!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
@@ -194,13 +199,14 @@ class ItemIndex:
         return self.cfg.kind
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None,
-                          refine: int | None = None) -> None:
+                          refine: int | None = None, probe_parallel: bool | None = None) -> None:
         """Change the recall/latency knobs in place (not thread-safe against concurrent searches)."""
         self.cfg = replace(
             self.cfg,
             nprobe=self.cfg.nprobe if nprobe is None else nprobe,
             ef_search=self.cfg.ef_search if ef_search is None else ef_search,
             refine=self.cfg.refine if refine is None else refine,
+            probe_parallel=self.cfg.probe_parallel if probe_parallel is None else probe_parallel,
         )  # replace() re-validates
         self._apply_search_params()
 
@@ -216,6 +222,7 @@ class ItemIndex:
             ivf.nprobe = min(self.cfg.nprobe, ivf.nlist)
             if self.cfg.kind == "ivfpq":
                 self.index.k_factor = float(self.cfg.refine)
+                ivf.implem = 14 if self.cfg.probe_parallel else 0  # 0: FAISS picks (one query per thread)
         elif self.cfg.kind == "hnsw":
             self.index.hnsw.efSearch = self.cfg.ef_search
 
@@ -375,7 +382,7 @@ def index_report(
     lat_ms, cpu_ms = np.asarray(wall) * 1e3, np.asarray(cpu) * 1e3
     params = {"flat": {}, "ivf": {"nlist": index.cfg.nlist, "nprobe": index.cfg.nprobe},
               "ivfpq": {"nlist": index.cfg.nlist, "nprobe": index.cfg.nprobe, "pq_m": index.cfg.pq_m,
-                        "refine": index.cfg.refine},
+                        "refine": index.cfg.refine, "probe_parallel": index.cfg.probe_parallel},
               "hnsw": {"M": index.cfg.hnsw_m, "ef_construction": index.cfg.ef_construction,
                        "ef_search": index.cfg.ef_search}}[index.kind]
     return {

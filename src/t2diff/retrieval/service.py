@@ -181,12 +181,13 @@ def make_server(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000,
 
 
 def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          access_log: bool = False, threads: int | None = None) -> None:
-    """Run the service until interrupted: one process, one PyTorch / FAISS thread per request (module doc)."""
+          access_log: bool = False, threads: int | None = None, faiss_threads: int = 1) -> None:
+    """Run the service until interrupted: one process, one PyTorch thread per request and ``faiss_threads``
+    FAISS threads per search (module doc)."""
     import faiss
     import torch
 
     torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(faiss_threads)
     retriever.topk([[1]], 1)  # warm-up: the first forward pays one-off allocations; do it before traffic
     make_server(retriever, host, port, log_level, access_log, threads).run()
