@@ -12,7 +12,7 @@ and the p50/p99 latency of one-query-at-a-time search, as a server does it. Writ
 Threads: index building and the batched exact search use ``--build-threads`` (all cores); latency is
 measured with ``--search-threads`` (default 1) because a server runs one request per core, and an OpenMP
 parallel region for a single query costs more than it saves, badly so when the cores are shared, except
-for ``ivfpq`` with ``--pq-probe-parallel`` (FAISS splits the query's probed lists over the threads).
+for ``ivfpq`` with ``--pq-fastscan probe_parallel*`` (FAISS splits the query's probed lists over the threads).
 Both wall time and the calling thread's CPU time per query are reported. With one search thread the target
 is judged on CPU time, which equals the latency on an idle core and is not inflated by other processes on
 shared machines; with more, on wall time (the calling thread's CPU time misses the other threads' work), so
@@ -65,8 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pq-nlist", type=int, default=1024, help="ivfpq: IVF lists")
     p.add_argument("--pq-m", type=int, default=None, help="ivfpq: 4-bit sub-quantizers (default D/2)")
     p.add_argument("--pq-nprobe", type=_ints, default=_ints("128,256,384,512"))
-    p.add_argument("--pq-probe-parallel", action="store_true",
-                   help="ivfpq: split each query's probed lists over --search-threads threads")
+    p.add_argument("--pq-fastscan", default="auto",
+                   help="ivfpq: comma-separated search implementations to measure (IndexConfig.fastscan: auto, "
+                   "reservoir, probe_parallel, probe_parallel_reservoir)")
     p.add_argument("--refine", type=_ints, default=_ints("8"), help="ivfpq: exact re-ranking of refine*K")
     p.add_argument("--kinds", default="flat,ivf,hnsw,ivfpq")
     p.add_argument("--build-threads", type=int, default=os.cpu_count() or 1)
@@ -149,16 +150,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if "ivfpq" in kinds:
         t0 = time.perf_counter()
-        pq = ItemIndex.build(items, ids, IndexConfig("ivfpq", nlist=a.pq_nlist, pq_m=a.pq_m, seed=a.seed,
-                                                     probe_parallel=a.pq_probe_parallel))
+        pq = ItemIndex.build(items, ids, IndexConfig("ivfpq", nlist=a.pq_nlist, pq_m=a.pq_m, seed=a.seed))
         build_s = time.perf_counter() - t0
         _log(f"ivfpq nlist={pq.cfg.nlist} pq_m={pq.cfg.pq_m} built in {build_s:.1f}s")
         for nprobe in a.pq_nprobe:
             for refine in a.refine:
-                pq.set_search_params(nprobe=nprobe, refine=refine)
-                rows.append(_row(index_report(pq, queries, exact_ids=exact_ids, **report_kw), build_s))
-                _log(f"ivfpq nprobe={nprobe} refine={refine}: recall={rows[-1]['recall_at_k']:.4f} "
-                     f"{rows[-1]['latency_ms']}")
+                for impl in a.pq_fastscan.split(","):
+                    pq.set_search_params(nprobe=nprobe, refine=refine, fastscan=impl)
+                    rows.append(_row(index_report(pq, queries, exact_ids=exact_ids, **report_kw), build_s))
+                    _log(f"ivfpq nprobe={nprobe} refine={refine} {impl}: recall={rows[-1]['recall_at_k']:.4f} "
+                         f"{rows[-1]['latency_ms']}")
         del pq
 
     meeting = [r for r in rows if r["meets_target"]]
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "data": ("standard normal" if a.data == "normal" else
                      f"Gaussian-mixture ({a.clusters} clusters, noise sd {a.noise})") + " items and queries (float32)",
             "build_threads": a.build_threads, "search_threads": a.search_threads,
-            "latency": "one query per search() call through ItemIndex (Python overhead included); "
+            "latency": "one query per search() call through ItemIndex (Python overhead included), after 100 "
+                       "untimed warm-up queries; "
                        "cpu = the calling thread's CPU time, wall = elapsed time",
             "load_avg_1m_at_start": load_start, "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),

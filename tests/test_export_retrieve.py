@@ -98,6 +98,17 @@ def test_export_hnsw_writes_recall_report(run, tmp_path):
     assert r.index.kind == "hnsw" and r.meta["checkpoint"] == str(out / "model.pt")
 
 
+def test_export_ivfpq_fastscan(run, tmp_path):
+    out = tmp_path / "ivfpq"
+    assert main(["export", str(run), "--out", str(out), "--index", "ivfpq", "--nlist", "2", "--nprobe", "2",
+                 "--pq-m", "4", "--refine", "4", "--fastscan", "probe_parallel", "--report-k", "10"]) == 0
+    meta = json.loads((out / "export.json").read_text())
+    rep = json.loads((out / meta["report"]).read_text())
+    assert rep["kind"] == "ivfpq" and rep["params"]["fastscan"] == "probe_parallel" and rep["params"]["pq_m"] == 4
+    assert rep["recall_at_k"] >= 0.95  # 40 items, every list probed, 40 candidates re-ranked exactly
+    assert open_retriever(run, out).index.cfg.fastscan == "probe_parallel"
+
+
 def test_retrieve_users_matches_bruteforce_and_excludes_seen(run, flat_export, tmp_path):
     model, cfg, ds = build_from_checkpoint(run)
     with torch.no_grad():

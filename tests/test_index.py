@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("faiss")
 
 from t2diff.retrieval.index import (  # noqa: E402
+    FASTSCAN_IMPLS,
     MISSING_ID,
     IndexConfig,
     ItemIndex,
@@ -131,9 +132,10 @@ def test_ivfpq_recall_and_refine(data: tuple[np.ndarray, np.ndarray], exact_top1
         ItemIndex.build(table[:2000], cfg=IndexConfig("ivfpq", nlist=8, pq_m=5))
 
 
-def test_ivfpq_probe_parallel_same_results(data: tuple[np.ndarray, np.ndarray]) -> None:
-    """Splitting a query's probed lists over 2 FAISS threads must not change what is found, and the switch
-    survives save / load."""
+@pytest.mark.parametrize("impl", ["reservoir", "probe_parallel", "probe_parallel_reservoir"])
+def test_ivfpq_fastscan_impls_same_results(data: tuple[np.ndarray, np.ndarray], impl: str) -> None:
+    """Another FAISS fast-scan implementation (2 threads, one query per call as a server searches) must find
+    the same items with the same exact scores."""
     import faiss
 
     table, queries = data
@@ -141,17 +143,17 @@ def test_ivfpq_probe_parallel_same_results(data: tuple[np.ndarray, np.ndarray]) 
     prev = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(2)
     try:
-        ref = [index.search(q[None], 10) for q in queries[:40]]  # one query per call, as a server does
-        index.set_search_params(probe_parallel=True)
-        assert faiss.downcast_index(index.index.base_index).implem == 14
-        par = [index.search(q[None], 10) for q in queries[:40]]
+        ref = [index.search(q[None], 10) for q in queries[:40]]
+        index.set_search_params(fastscan=impl)
+        assert index._ivf().implem == FASTSCAN_IMPLS[impl] != 0
+        other = [index.search(q[None], 10) for q in queries[:40]]
     finally:
         faiss.omp_set_num_threads(prev)
-    for (s0, i0), (s1, i1) in zip(ref, par, strict=True):
+    for (s0, i0), (s1, i1) in zip(ref, other, strict=True):
         np.testing.assert_array_equal(i0, i1)
         np.testing.assert_allclose(s0, s1, rtol=1e-5)
-    with pytest.raises(ValueError, match="probe_parallel"):
-        index.set_search_params(probe_parallel=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fastscan"):
+        index.set_search_params(fastscan="fast")
 
 
 def test_ivf_default_recall_clustered() -> None:
@@ -168,7 +170,8 @@ def test_ivf_default_recall_clustered() -> None:
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
 def test_save_load_round_trip(tmp_path, data: tuple[np.ndarray, np.ndarray], kind: str) -> None:
     table, queries = data
-    cfg = IndexConfig(kind, nlist=32, nprobe=7, hnsw_m=8, ef_search=40, probe_parallel=kind == "ivfpq")
+    cfg = IndexConfig(kind, nlist=32, nprobe=7, hnsw_m=8, ef_search=40,
+                      fastscan="probe_parallel" if kind == "ivfpq" else "auto")
     index = ItemIndex.build(table[:3000], cfg=cfg)
     before = index.search(queries, 20)
     index.save(tmp_path / "idx")

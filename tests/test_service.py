@@ -200,9 +200,12 @@ def test_serve_command_wiring(run, monkeypatch, capsys):
 
     calls = []
     monkeypatch.setattr(service, "serve", lambda *a: calls.append(a))
-    assert main(["serve", str(run), "--export", str(run.parent / "export"), "--port", "8123", "--threads", "3"]) == 0
-    retriever, host, port, _, access_log, threads = calls[0]
-    assert (host, port, access_log, threads) == (HOST, 8123, False, 3)
+    assert main(["serve", str(run), "--export", str(run.parent / "export"), "--port", "8123", "--threads", "3",
+                 "--faiss-threads", "2"]) == 0
+    retriever, host, port, _, access_log, threads, faiss_threads = calls[0]
+    assert (host, port, access_log, threads, faiss_threads) == (HOST, 8123, False, 3, 2)
     assert retriever.index.kind == "flat" and retriever.meta["export"] == str(run.parent / "export")
     assert main(["serve", str(run), "--export", str(run)]) == 2
     assert "is not an export folder" in capsys.readouterr().err
+    assert main(["serve", str(run), "--faiss-threads", "0"]) == 2
+    assert "--faiss-threads" in capsys.readouterr().err

@@ -22,8 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nprobe", type=int, default=64, help="ivf/ivfpq: lists scanned per query")
     p.add_argument("--pq-m", type=int, help="ivfpq: 4-bit sub-quantizers, must divide D (default D/2)")
     p.add_argument("--refine", type=int, default=8, help="ivfpq: exactly re-rank refine*k PQ candidates")
-    p.add_argument("--probe-parallel", action="store_true",
-                   help="ivfpq: split one query's probed lists over the FAISS threads (serve --faiss-threads N)")
+    p.add_argument("--fastscan", default="auto",
+                   choices=["auto", "reservoir", "probe_parallel", "probe_parallel_reservoir"],
+                   help="ivfpq search implementation: reservoir (one thread per query, cheaper for large refine*k); "
+                   "probe_parallel* split one query's lists over the FAISS threads (serve --faiss-threads N)")
     p.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
     p.add_argument("--ef-construction", type=int, default=64, help="hnsw: build beam width")
     p.add_argument("--ef-search", type=int, default=128, help="hnsw: search beam width")
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = IndexConfig(kind=args.index, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m,
                           ef_construction=args.ef_construction, ef_search=args.ef_search, pq_m=args.pq_m,
-                          refine=args.refine, probe_parallel=args.probe_parallel)
+                          refine=args.refine, fastscan=args.fastscan)
         meta = export_run(args.checkpoint, args.out, cfg, report_k=args.report_k,
                           report_queries=args.report_queries, copy_checkpoint=args.copy_checkpoint,
                           data_path=args.data)

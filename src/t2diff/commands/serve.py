@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "each runs PyTorch and FAISS on one thread")
     p.add_argument("--faiss-threads", type=int, default=1,
                    help="FAISS threads per search (default 1: one core per request); more only helps an index "
-                   "exported with --probe-parallel, on cores that concurrent requests leave idle")
+                   "exported with --fastscan probe_parallel*, on cores that concurrent requests leave idle")
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
     p.set_defaults(func=run)
 
