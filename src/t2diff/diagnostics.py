@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from t2diff.batch import Batch
-from t2diff.data.batching import make_batch
 from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import Examples
-from t2diff.metrics import metrics_from_ranks, ranks_from_scores
+from t2diff.evaluate import rank_examples
+from t2diff.metrics import metrics_from_ranks
 from t2diff.models.t2diff import T2Diff
 
 TRACE_COLUMNS = ("t", "iteration", "n", "cos_last_mean", "cos_last_p10", "cos_last_p50", "cos_last_p90",
@@ -160,7 +160,7 @@ def xhat_source_metrics(model: T2Diff, ds: PreparedDataset, ex: Examples, max_le
 
     - ``chain``: Alg. 2 from noise, exactly what evaluation and serving use;
     - ``none``: no x_hat token in the session (the mixed-attention module alone, same weights);
-    - ``last-item``: x_hat = X_n (zero drift; W/O DP: the last behaviour itself), no diffusion information;
+    - ``last-item``: x_hat = X_n (zero drift), no diffusion information;
     - ``onestep@R``: one approximator step from q(z_R | true z0) (eq. 14-15), the x_hat that training feeds the
       tower (Alg. 1): it sees the target, so it is an oracle, and its gap to ``chain`` is the train / inference
       mismatch.
@@ -168,38 +168,29 @@ def xhat_source_metrics(model: T2Diff, ds: PreparedDataset, ex: Examples, max_le
     if not model.cfg.diffusion:
         raise ValueError("xhat_source_metrics needs a T2Diff model with diffusion=True")
     parsed = [parse_xhat_source(s, model.schedule.steps) for s in sources]
-    was_training = model.training
-    model.eval()
     gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    ranks: dict[str, list[Tensor]] = {s: [] for s in sources}
-    try:
-        items = model.item_embeddings().to(device)  # [I+1, D']
-        for s in range(0, len(ex), batch_size):
-            batch = make_batch(ds, ex.users[s: s + batch_size], ex.positions[s: s + batch_size], max_len).to(device)
-            if bool((batch.target <= 0).any()):
-                raise ValueError("xhat_source_metrics needs a known target (> 0) for every example")
-            x = model.item_inputs(batch.seq)  # X_{1:n} [B, L, D]
-            for name, (kind, r) in zip(sources, parsed, strict=True):
-                if kind == "chain":
-                    x_hat = model._diffuse_infer(x, batch.seq)
-                elif kind == "none":
-                    x_hat = None
-                elif kind == "last-item":
-                    x_hat = model.utilize(torch.zeros_like(x), x) if model.cfg.drift else x[:, -1]
-                else:
-                    z0 = model.diffusion_target(x, model.item_inputs(batch.target))  # uses the target
-                    rr = torch.full((x.shape[0],), r, dtype=torch.long, device=x.device)
-                    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-                    x_hat = model.utilize(model.approximate(model.schedule.q_sample(z0, rr, noise), x, rr), x)
-                scores = model._user_vec(x, batch, x_hat) @ items.T  # [B, I+1]
-                scores[:, 0] = -torch.inf
-                ranks[name].append(ranks_from_scores(scores, batch.target).cpu())
-    finally:
-        model.train(was_training)
+
+    def user_fn(batch: Batch, kind: str, r: int) -> Tensor:  # e_u [B, D'] with x_hat from one source
+        if bool((batch.target <= 0).any()):
+            raise ValueError("xhat_source_metrics needs a known target (> 0) for every example")
+        x = model.item_inputs(batch.seq)  # X_{1:n} [B, L, D]
+        if kind == "chain":
+            x_hat = model._diffuse_infer(x, batch.seq)
+        elif kind == "none":
+            x_hat = None
+        elif kind == "last-item":
+            x_hat = x[:, -1]  # zero drift: Slice(0 + X_{1:n}); W/O DP: the last behaviour itself
+        else:
+            z0 = model.diffusion_target(x, model.item_inputs(batch.target))  # uses the target
+            rr = torch.full((x.shape[0],), r, dtype=torch.long, device=x.device)
+            noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            x_hat = model.utilize(model.approximate(model.schedule.q_sample(z0, rr, noise), x, rr), x)
+        return model._user_vec(x, batch, x_hat)
+
     out: dict[str, dict[str, float]] = {}
-    for name in sources:
-        m = metrics_from_ranks(torch.cat(ranks[name]).numpy(), ks)
-        m["num_examples"] = len(ex)
-        out[name] = m
+    for name, (kind, r) in zip(sources, parsed, strict=True):
+        gen.manual_seed(seed)  # each source's noise depends on (seed, batch order) only, not on the other sources
+        ranks = rank_examples(model, ds, ex, max_len, batch_size, device=device,
+                              user_fn=lambda b, kind=kind, r=r: user_fn(b, kind, r))
+        out[name] = {**metrics_from_ranks(ranks, ks), "num_examples": len(ex)}
     return out

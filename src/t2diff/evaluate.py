@@ -4,10 +4,13 @@ One matrix product per chunk and a comparison against the target's score; no sor
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from t2diff.batch import Batch
 from t2diff.data.batching import make_batch
 from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import Examples
@@ -17,8 +20,11 @@ from t2diff.models.base import SeqRecModel
 
 @torch.no_grad()
 def rank_examples(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_len: int, batch_size: int = 512,
-                  mask_seen: bool = False, progress: bool = False, device: str = "cpu") -> np.ndarray:
-    """Rank of each example's target among all items ([E] int64, 1 = best)."""
+                  mask_seen: bool = False, progress: bool = False, device: str = "cpu",
+                  user_fn: Callable[[Batch], torch.Tensor] | None = None) -> np.ndarray:
+    """Rank of each example's target among all items ([E] int64, 1 = best). ``user_fn`` replaces
+    ``model.user_embeddings`` (batch -> [B, D]), e.g. to rank with a modified user tower (diagnostics)."""
+    user_fn = user_fn or model.user_embeddings
     was_training = model.training
     model.eval()
     items = model.item_embeddings().to(device)  # [I+1, D], computed once
@@ -27,7 +33,7 @@ def rank_examples(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_len
     for s in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
         u, j = ex.users[s: s + batch_size], ex.positions[s: s + batch_size]
         batch = make_batch(ds, u, j, max_len).to(device)
-        scores = model.user_embeddings(batch) @ items.T  # [B, I+1]
+        scores = user_fn(batch) @ items.T  # [B, I+1]
         scores[:, 0] = -torch.inf  # the padding id is never ranked
         if mask_seen:
             _mask_seen(scores, ds, u, j)
