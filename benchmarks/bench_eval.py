@@ -50,7 +50,7 @@ def main() -> None:
         cfg = load_config("configs/ml-1m/sasrec.yaml", [f"data.path={args.data}", f"data.max_len={max_len}"])
         torch.manual_seed(0)
         model = build_model(cfg, ds).eval()
-        full = timed(lambda m=model, L=max_len: rank_examples(m, ds, ex, L, batch_size=512), args.repeats)
+        full = timed(lambda m=model, L=max_len: rank_examples(m, ds, ex, L, batch_size=512).ranks, args.repeats)
         u = torch.randn(len(ex), cfg.model.get("hidden", 64))
         items = model.item_embeddings().detach()
         ref = timed(lambda u=u, items=items: (u @ items.T).max(), args.repeats)

@@ -241,3 +241,56 @@ def test_time_aware_model_receives_timestamps(run, tmp_path):
     np.testing.assert_array_equal(with_t, r.tower.embed([h], [ts], [now]))  # eval noise is seeded per call
     assert not np.allclose(with_t, r.tower.embed([h]))  # no timestamps -> the "unknown lag" bucket
     assert not np.allclose(with_t, r.tower.embed([h], [ts], [now + 10**7]))  # the lag to the request matters
+
+
+def test_ties_evaluator_retrieve_and_service_agree(run):
+    """Items with identical embeddings tie for every user. The evaluator counts ties against the model (rank =
+    the last place of the target's tie group), the index lists a tie group by ascending id, so a target's
+    place in the retrieved list is its rank minus the tied items listed after it; retrieve and the service
+    return the same lists."""
+    import asyncio
+
+    import httpx
+
+    from t2diff.data.protocols import leave_one_out
+    from t2diff.evaluate import rank_examples
+    from t2diff.retrieval.index import IndexConfig
+    from t2diff.retrieval.service import create_app
+    from t2diff.retrieval.user_tower import Retriever
+
+    model, cfg, ds = build_from_checkpoint(run)
+    groups = [[2, 3], [5, 9, 17], [10, 11, 12, 13]]  # each group: one embedding
+    with torch.no_grad():
+        for g in groups:
+            model.item_emb.weight[g[1:]] = model.item_emb.weight[g[0]].clone()
+    tied_of = {i: set(g) for g in groups for i in g}
+    ex = leave_one_out(ds).test
+    res = rank_examples(model, ds, ex, cfg.data.max_len)
+    items = model.item_embeddings().detach()[1:]
+    retriever = Retriever(UserTower(model, cfg, ds),
+                          ItemIndex.build(items, np.arange(1, ds.num_items + 1), IndexConfig(kind="flat")),
+                          {"checkpoint": "in memory"})
+    hists = [ds.history(int(u))[:j].tolist() for u, j in zip(ex.users, ex.positions, strict=True)]
+    _, ids = retriever.topk(hists, ds.num_items)
+    n_tied = 0
+    for r, (u, j) in enumerate(zip(ex.users, ex.positions, strict=True)):
+        target = int(ds.history(int(u))[j])
+        place = int(np.flatnonzero(ids[r] == target)[0]) + 1
+        group = tied_of.get(target, {target})
+        assert res.tied[r] == (len(group) > 1)
+        # the evaluator's rank is the last place of the target's tie group; the list orders the group by id
+        assert res.ranks[r] == place + sum(1 for i in group if i > target)
+        block = ids[r][place - 1 - sum(1 for i in group if i < target): res.ranks[r]]
+        assert block.tolist() == sorted(group)
+        n_tied += len(group) > 1
+    assert n_tied > 0 and res.metrics([10])["num_tied_targets"] == n_tied
+
+    async def ask() -> list[dict]:
+        app = create_app(retriever)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            rs = [await client.post("/recommend", json={"history": [ds.item_ids[i] for i in h], "k": 20})
+                  for h in hists[:10]]
+        return [r.json() for r in rs]
+
+    for r, body in enumerate(asyncio.run(ask())):
+        assert [x["item_id"] for x in body["items"]] == [ds.item_ids[i] for i in ids[r][:20]]

@@ -6,6 +6,7 @@ are checked against brute-force top-k of user_embedding @ item_embeddings over t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -36,16 +37,15 @@ def run(tmp_path_factory) -> Path:
     return d / "run"
 
 
-@pytest.fixture(scope="module")
-def server(run: Path) -> Iterator[tuple[str, threading.Thread]]:
+@contextlib.contextmanager
+def _running(retriever, **kw) -> Iterator[tuple[str, threading.Thread, object]]:
     """The real uvicorn server in a thread (no second torch import), on a loopback socket bound here."""
-    from t2diff.retrieval.export import open_retriever
     from t2diff.retrieval.service import make_server
 
     sock = socket.socket()
     sock.bind((HOST, 0))
     url = f"http://{HOST}:{sock.getsockname()[1]}"
-    srv = make_server(open_retriever(run, export=run.parent / "export"), HOST, log_level="warning")
+    srv = make_server(retriever, HOST, log_level="warning", **kw)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -55,11 +55,19 @@ def server(run: Path) -> Iterator[tuple[str, threading.Thread]]:
                 raise RuntimeError("the server did not start")
             time.sleep(0.05)
         assert httpx.get(f"{url}/health").status_code == 200
-        yield url, thread
+        yield url, thread, srv.config.app
     finally:
         srv.should_exit = True
         thread.join(30)
         sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(run: Path) -> Iterator[tuple[str, threading.Thread]]:
+    from t2diff.retrieval.export import open_retriever
+
+    with _running(open_retriever(run, export=run.parent / "export")) as (url, thread, _):
+        yield url, thread
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +210,127 @@ def test_serve_command_wiring(run, monkeypatch, capsys):
     monkeypatch.setattr(service, "serve", lambda *a: calls.append(a))
     assert main(["serve", str(run), "--export", str(run.parent / "export"), "--port", "8123", "--threads", "3",
                  "--faiss-threads", "2"]) == 0
-    retriever, host, port, _, access_log, threads, faiss_threads = calls[0]
+    retriever, host, port, _, access_log, threads, faiss_threads, limits, batching = calls[0]
     assert (host, port, access_log, threads, faiss_threads) == (HOST, 8123, False, 3, 2)
+    assert limits.max_body_bytes == 4 * 1024 * 1024 and batching.max_batch == 64
     assert retriever.index.kind == "flat" and retriever.meta["export"] == str(run.parent / "export")
     assert main(["serve", str(run), "--export", str(run)]) == 2
     assert "is not an export folder" in capsys.readouterr().err
     assert main(["serve", str(run), "--faiss-threads", "0"]) == 2
     assert "--faiss-threads" in capsys.readouterr().err
+    assert main(["serve", str(run), "--max-batch", "0"]) == 2
+    assert "max_batch must be >= 1" in capsys.readouterr().err
+    assert main(["serve", str(run), "--request-timeout", "0"]) == 2
+    assert "request_timeout_s must be > 0" in capsys.readouterr().err
+
+
+def _raw_http(url: str, head: bytes, body_chunks: list[bytes] = ()) -> tuple[int, dict]:
+    """Send a request byte for byte on a plain socket (to control Content-Length and chunking), read the
+    status line and JSON body of the answer."""
+    import json
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head)
+        try:
+            for c in body_chunks:
+                s.sendall(c)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the whole body was sent: that is the point
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+                [h for h in data.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1]):
+            got = s.recv(65536)
+            if not got:
+                break
+            data += got
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+def test_oversize_bodies_are_413_before_parsing(run):
+    from t2diff.retrieval.export import open_retriever
+    from t2diff.retrieval.limits import ServiceLimits
+
+    retriever = open_retriever(run, export=run.parent / "export")
+    with _running(retriever, limits=ServiceLimits(max_body_bytes=10_000, request_timeout_s=5)) as (url, thread, _):
+        # a declared 50 MB body: refused from the header alone, nothing is read
+        head = (b"POST /recommend HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+                b"content-length: 50000000\r\n\r\n")
+        status, body = _raw_http(url, head)
+        assert status == 413 and "larger than the limit of 10000 bytes" in body["error"]
+        # a chunked body with no length: refused while streaming, once it passes the limit
+        head = (b"POST /recommend HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+                b"transfer-encoding: chunked\r\n\r\n")
+        piece = b'{"history": [' + b'"i1", ' * 600
+        chunks = [f"{len(piece):x}\r\n".encode() + piece + b"\r\n"] * 5 + [b"0\r\n\r\n"]
+        status, body = _raw_http(url, head, chunks)
+        assert status == 413 and "larger than the limit" in body["error"]
+        # under the limit, chunked or not, requests are answered as usual
+        ok = httpx.post(f"{url}/recommend", json={"history": ["i1"] * 1000, "k": 3})
+        assert ok.status_code == 200, ok.text
+        assert thread.is_alive()
+
+
+def test_request_time_limit(run, monkeypatch):
+    from t2diff.retrieval.export import open_retriever
+    from t2diff.retrieval.limits import ServiceLimits
+
+    retriever = open_retriever(run, export=run.parent / "export")
+    real = retriever.tower.embed
+
+    def slow(*a, **k):
+        time.sleep(1.5)
+        return real(*a, **k)
+
+    with _running(retriever, limits=ServiceLimits(request_timeout_s=0.5)) as (url, thread, _):
+        # a body that never completes: 408 once the limit has passed
+        head = (b"POST /recommend HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
+                b"content-length: 100\r\n\r\n{\"history\": [")
+        t0 = time.monotonic()
+        status, body = _raw_http(url, head)
+        assert status == 408 and "not received within 0.5 s" in body["error"]
+        assert time.monotonic() - t0 < 5
+        # a computation slower than the limit: 503 at the limit, not when the model is done
+        monkeypatch.setattr(retriever.tower, "embed", slow)
+        t0 = time.monotonic()
+        r = httpx.post(f"{url}/recommend", json={"history": ["i1"], "k": 3})
+        assert r.status_code == 503 and "time limit of 0.5 s" in r.json()["error"]
+        assert time.monotonic() - t0 < 1.4
+        monkeypatch.undo()
+        time.sleep(1.5)  # the abandoned computation finishes in the background
+        assert httpx.post(f"{url}/recommend", json={"history": ["i1"], "k": 3}).status_code == 200
+
+
+def test_micro_batched_answers_equal_one_at_a_time(run, reference):
+    """64 different users at once: the micro-batcher computes them in few batches, and every answer equals
+    the unbatched service's (each request alone) and the brute-force reference."""
+    from t2diff.retrieval.batching import BatchingConfig
+    from t2diff.retrieval.export import open_retriever
+
+    topk, ds = reference
+    # 64 different histories: every user once (60), four of them cut shorter again
+    cuts = [(u, 2 + u % 11) for u in range(1, ds.num_users + 1)] + [(u, 1) for u in range(1, 65 - ds.num_users)]
+    bodies = [{"history": [ds.item_ids[i] for i in ds.history(u).tolist()][-n:], "k": 5 + u % 7,
+               "exclude_seen": bool(u % 2)} for u, n in cuts]
+    assert len(bodies) == 64 and len({str(b) for b in bodies}) == 64
+
+    async def fire(url: str) -> list[dict]:
+        async with httpx.AsyncClient(base_url=url, timeout=60,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            rs = await asyncio.gather(*(client.post("/recommend", json=b) for b in bodies))
+        assert [r.status_code for r in rs] == [200] * 64
+        return [r.json() for r in rs]
+
+    retriever = open_retriever(run, export=run.parent / "export")
+    with _running(retriever, batching=BatchingConfig(max_batch=64, max_wait_ms=20)) as (url, _, app):
+        batched = asyncio.run(fire(url))
+        runner = app.state.runner
+        assert runner.jobs == 64 and runner.batches < 32  # requests really shared batches
+    with _running(retriever, batching=BatchingConfig(max_batch=1)) as (url, _, app):
+        alone = asyncio.run(fire(url))
+        assert not hasattr(app.state.runner, "batches")
+    for b, a, body in zip(batched, alone, bodies, strict=True):
+        assert [x["item_id"] for x in b["items"]] == [x["item_id"] for x in a["items"]]
+        assert all(abs(x["score"] - y["score"]) < 1e-5 for x, y in zip(b["items"], a["items"], strict=True))
+        _check(b, topk(body["history"], body["k"], body["exclude_seen"]))

@@ -82,16 +82,15 @@ def test_evaluation_independent_of_batch_size_and_never_ranks_padding(synthetic_
     Trainer(_cfg(synthetic_prepared, "train.epochs=1"), tmp_path / "run", progress=False, log=lambda s: None).fit()
     model, cfg, ds = build_from_checkpoint(tmp_path / "run")
     ex = leave_one_out(ds).test
-    ranks = [rank_examples(model, ds, ex, cfg.data.max_len, batch_size=bs) for bs in (1, 7, 1000)]
+    ranks = [rank_examples(model, ds, ex, cfg.data.max_len, batch_size=bs).ranks for bs in (1, 7, 1000)]
     assert np.array_equal(ranks[0], ranks[1]) and np.array_equal(ranks[0], ranks[2])
     assert ranks[0].max() <= ds.num_items and ranks[0].min() >= 1
-    masked = rank_examples(model, ds, ex, cfg.data.max_len, mask_seen=True)
+    masked = rank_examples(model, ds, ex, cfg.data.max_len, mask_seen=True).ranks
     seen = np.array([ds.history(u)[j] in set(ds.history(u)[:j]) for u, j in zip(ex.users, ex.positions,
                                                                                   strict=True)])
     assert seen.any() and (~seen).any()
     assert (masked[~seen] <= ranks[0][~seen]).all()  # hiding seen items can only move an unseen target up
-    assert (masked[seen] == 1 + ds.num_items - np.array([len(set(ds.history(u)[:j])) for u, j in
-                                                     zip(ex.users[seen], ex.positions[seen], strict=True)])).all()
+    assert (masked[seen] == ds.num_items).all()  # a hidden (repeated) target ties with the hidden items: worst
 
 
 def test_cli_end_to_end(tmp_path):
@@ -136,3 +135,81 @@ def test_resume_can_extend_the_epoch_budget_but_not_change_the_model(synthetic_p
     out = Trainer(_cfg(synthetic_prepared, "train.epochs=2", "train.patience=4"), tmp_path / "r", progress=False,
                   log=lambda s: None).fit(resume=True)
     assert out["epochs_run"] == 2
+
+
+class _Killed(BaseException):
+    """A kill -9 between two writes (BaseException: nothing in the trainer may catch it)."""
+
+
+@pytest.mark.parametrize("point", ["before_last", "before_promote", "before_log"])
+def test_run_directory_consistent_after_a_kill_between_writes(synthetic_prepared, tmp_path, monkeypatch, point):
+    from t2diff import checkpoint
+
+    cfg = _cfg(synthetic_prepared, "train.epochs=4")
+    full = Trainer(cfg, tmp_path / "a", progress=False, log=lambda s: None).fit()
+    rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    best = -1.0
+    improving = []
+    for r in rows:
+        if r["valid"]["ndcg@10"] > best:
+            best = r["valid"]["ndcg@10"]
+            improving.append(r["epoch"])
+    epoch = max(improving)
+    assert epoch >= 2  # a new best after an earlier one, so best.pt is rewritten in the killed epoch
+
+    real_save, real_promote = checkpoint.save_atomic, checkpoint.promote
+
+    def save(obj, path):
+        if point == "before_last" and path.name == "last.pt" and obj["epoch"] == epoch:
+            raise _Killed
+        real_save(obj, path)
+
+    def promote(src, dst):
+        at = {"before_promote": "best.pt", "before_log": "metrics.jsonl"}.get(point)
+        if dst.name == at and checkpoint.torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == epoch:
+            raise _Killed
+        real_promote(src, dst)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", save)
+    monkeypatch.setattr(checkpoint, "promote", promote)
+    with pytest.raises(_Killed):
+        Trainer(cfg, tmp_path / "b", progress=False, log=lambda s: None).fit()
+    monkeypatch.setattr(checkpoint, "save_atomic", real_save)
+    monkeypatch.setattr(checkpoint, "promote", real_promote)
+
+    run = tmp_path / "b"
+    last = torch.load(run / "last.pt", weights_only=True)
+    chosen = checkpoint.resolve(run)
+    assert torch.load(chosen, weights_only=True)["epoch"] == last["state"]["best_epoch"]
+    logged = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(logged) <= last["epoch"] and last["state"]["best_epoch"] <= last["epoch"]
+    if point == "before_last":  # the killed epoch's new best exists on disk but is never used
+        assert (run / checkpoint.PENDING).exists() and last["epoch"] == epoch - 1 and max(logged) == epoch - 1
+        assert chosen.name == "best.pt"
+    elif point == "before_promote":
+        assert chosen.name == checkpoint.PENDING and last["state"]["best_epoch"] == epoch
+    # evaluate / export load what resolve chose
+    model, _, _ = build_from_checkpoint(run)
+    ref = torch.load(chosen, weights_only=True)["model_state"]
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+
+    resumed = Trainer(cfg, run, progress=False, log=lambda s: None).fit(resume=True)
+    assert resumed["test"] == full["test"] and resumed["selected_epoch"] == full["selected_epoch"]
+    assert not (run / checkpoint.PENDING).exists()
+    def strip(folder):  # the log without timings
+        return [{k: v for k, v in json.loads(x).items() if "seconds" not in k}
+                for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert strip(run) == strip(tmp_path / "a")
+
+
+def test_tampered_run_directory_is_refused(synthetic_prepared, tmp_path):
+    from t2diff import checkpoint
+
+    Trainer(_cfg(synthetic_prepared, "train.epochs=2"), tmp_path / "run", progress=False, log=lambda s: None).fit()
+    run = tmp_path / "run"
+    ck = torch.load(run / "best.pt", weights_only=True)
+    ck["epoch"] = 99
+    torch.save(ck, run / "best.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="last.pt records epoch .* as the selected one"):
+        checkpoint.resolve(run)

@@ -26,7 +26,6 @@ from t2diff.batch import Batch
 from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import Examples
 from t2diff.evaluate import rank_examples
-from t2diff.metrics import metrics_from_ranks
 from t2diff.models.t2diff import T2Diff
 
 TRACE_COLUMNS = ("t", "iteration", "n", "cos_last_mean", "cos_last_p10", "cos_last_p50", "cos_last_p90",
@@ -190,7 +189,6 @@ def xhat_source_metrics(model: T2Diff, ds: PreparedDataset, ex: Examples, max_le
     out: dict[str, dict[str, float]] = {}
     for name, (kind, r) in zip(sources, parsed, strict=True):
         gen.manual_seed(seed)  # each source's noise depends on (seed, batch order) only, not on the other sources
-        ranks = rank_examples(model, ds, ex, max_len, batch_size, device=device,
-                              user_fn=lambda b, kind=kind, r=r: user_fn(b, kind, r))
-        out[name] = {**metrics_from_ranks(ranks, ks), "num_examples": len(ex)}
+        out[name] = rank_examples(model, ds, ex, max_len, batch_size, device=device,
+                                  user_fn=lambda b, kind=kind, r=r: user_fn(b, kind, r)).metrics(ks)
     return out

@@ -91,7 +91,7 @@ def gather_ranks(local: np.ndarray, index: np.ndarray, n: int, ctx: DistContext)
         return local
     parts: list = [None] * ctx.world
     dist.all_gather_object(parts, (index, local))
-    out = np.empty(n, dtype=local.dtype)
+    out = np.empty((n, *local.shape[1:]), dtype=local.dtype)
     for idx, vals in parts:
         out[idx] = vals
     return out

@@ -19,8 +19,8 @@ from t2diff.config import ExperimentConfig
 from t2diff.data.batching import make_batch
 from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import Examples, Split, make_split
-from t2diff.evaluate import rank_examples
-from t2diff.metrics import metrics_from_ranks
+from t2diff.evaluate import Ranking, rank_examples
+from t2diff.metrics import TIE_RULE, TIE_RULE_TEXT, is_metric
 from t2diff.models.base import SeqRecModel
 
 MAX_LABEL = "test_max_over_epochs (the authors' reporting: selected on the test set, optimistic)"
@@ -91,7 +91,7 @@ class Trainer:
         self.all_positions = self.split.fixed_train is None if ap is None else ap
 
     # ---- checkpoints -------------------------------------------------------------------------------
-    def _save(self, name: str, with_optimizer: bool) -> None:
+    def _save(self, path: Path, with_optimizer: bool) -> None:
         if not self.dist.is_main:  # rank 0 writes; the others wait at the barrier
             self.dist.barrier()
             return
@@ -99,8 +99,26 @@ class Trainer:
                                "epoch": self.state.epoch, "state": self.state.__dict__.copy()}
         if with_optimizer:
             obj["optimizer_state"] = self.opt.state_dict()
-        checkpoint.save_atomic(obj, self.run_dir / name)
+        checkpoint.save_atomic(obj, path)
         self.dist.barrier()
+
+    def _commit_epoch(self, improved: bool) -> None:
+        """End-of-epoch writes, in an order that keeps the run directory consistent after a kill at any point
+        (checkpoint.resolve): new best -> best.pt.pending; last.pt (the commit point, recording the selected
+        epoch); promote pending -> best.pt; metrics.jsonl rewritten from last.pt's history."""
+        pending = self.run_dir / checkpoint.PENDING
+        if improved:
+            self._save(pending, with_optimizer=False)
+        self._save(self.run_dir / "last.pt", with_optimizer=True)
+        if self.dist.is_main:
+            if improved:
+                checkpoint.promote(pending, self.run_dir / "best.pt")
+            self._write_log()
+
+    def _write_log(self) -> None:
+        tmp = self.run_dir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.state.history))
+        checkpoint.promote(tmp, self.run_dir / "metrics.jsonl")
 
     def resume(self) -> None:
         ck = checkpoint.load(self.run_dir / "last.pt")
@@ -111,10 +129,14 @@ class Trainer:
         self.model.load_state_dict(ck["model_state"])
         self.opt.load_state_dict(ck["optimizer_state"])
         self.state = TrainState(**ck["state"])
-        # the log is rewritten from the checkpoint so an epoch cut off mid-way never appears twice
-        if self.dist.is_main:
-            (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n"
-                                                            for r in self.state.history))
+        if self.dist.is_main:  # finish what a kill interrupted (see _commit_epoch)
+            pending = self.run_dir / checkpoint.PENDING
+            if pending.is_file():
+                if checkpoint.resolve(self.run_dir) == pending:  # last.pt vouches for it: promote
+                    checkpoint.promote(pending, self.run_dir / "best.pt")
+                else:  # written before a kill that last.pt never recorded: the epoch is retrained
+                    pending.unlink()
+            self._write_log()  # an epoch cut off mid-way never appears twice, a committed one always
         self.log(f"resumed from {self.run_dir / 'last.pt'} after epoch {self.state.epoch}")
 
     # ---- one epoch ---------------------------------------------------------------------------------
@@ -158,10 +180,8 @@ class Trainer:
         mine = Examples(ex.users[idx], ex.positions[idx])
         local = rank_examples(self.model, self.ds, mine, self.cfg.data.max_len, self.cfg.eval.batch_size,
                               self.cfg.eval.mask_seen, self.progress, self.device)
-        ranks = distributed.gather_ranks(local, idx, len(ex), self.dist)
-        out = metrics_from_ranks(ranks, self.ks)
-        out["num_examples"] = len(ex)
-        return out
+        gathered = distributed.gather_ranks(local.stacked(), idx, len(ex), self.dist)
+        return Ranking.from_stacked(gathered).metrics(self.ks)
 
     # ---- the loop ----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -187,30 +207,28 @@ class Trainer:
             if has_valid:
                 row["valid"] = self.eval_on("valid")
                 value = row["valid"][cfg.train.select_metric]
-                if value > st.best_value:
+                improved = value > st.best_value
+                if improved:
                     st.best_value, st.best_epoch, st.bad_epochs = value, epoch, 0
-                    st.epoch = epoch
-                    self._save("best.pt", with_optimizer=False)
                 else:
                     st.bad_epochs += 1
             else:  # paper protocol: no validation set; the test set is reported each epoch, never selected on
                 row["test"] = self.eval_on("test")
+                improved = False
             row["seconds"] = round(time.perf_counter() - t0, 2)
             st.epoch = epoch
             st.history.append(row)
-            self._save("last.pt", with_optimizer=True)
-            if self.dist.is_main:
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row, sort_keys=True) + "\n")
+            self._commit_epoch(improved)
             self.log(_summary(row, cfg.train.select_metric))
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
         out: dict[str, Any] = {"protocol": cfg.data.protocol, "model": cfg.model["name"], "epochs_run": st.epoch,
-                               "num_test_examples": len(self.split.test), "mask_seen": cfg.eval.mask_seen}
+                               "num_test_examples": len(self.split.test), "mask_seen": cfg.eval.mask_seen,
+                               "tie_rule": TIE_RULE, "tie_rule_definition": TIE_RULE_TEXT}
         if self.split.valid is not None:
-            ck = checkpoint.load(self.run_dir / "best.pt")
+            ck = checkpoint.load(self.run_dir)  # the selected epoch's weights (best.pt)
             self.model.load_state_dict(ck["model_state"])
             out["selected_epoch"] = st.best_epoch
             out["selected_on"] = f"valid {cfg.train.select_metric}"
@@ -220,7 +238,8 @@ class Trainer:
             out["test"] = st.history[-1]["test"] if st.history else self.eval_on("test")
             out["test_from"] = "last epoch (no validation set under the paper protocol)"
             if cfg.train.report_max_over_epochs and st.history:
-                out[MAX_LABEL] = {k: max(h["test"][k] for h in st.history) for k in st.history[-1]["test"]}
+                out[MAX_LABEL] = {k: max(h["test"][k] for h in st.history) for k in st.history[-1]["test"]
+                                  if is_metric(k)}
         out["world_size"] = self.dist.world
         if self.dist.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")

@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from t2diff.checkpoint import build_from_checkpoint
     from t2diff.evaluate import evaluate
+    from t2diff.metrics import TIE_RULE
     from t2diff.train import build_split
 
     path = Path(args.checkpoint)
@@ -44,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
     out_file = run_dir / "metrics.json"
     data = json.loads(out_file.read_text()) if out_file.exists() else {}
     data["evaluate"] = {"checkpoint": str(path), "split": args.split, "mask_seen": args.mask_seen,
-                        "protocol": cfg.data.protocol, "metrics": m}
+                        "protocol": cfg.data.protocol, "tie_rule": TIE_RULE, "metrics": m}
     out_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return 0

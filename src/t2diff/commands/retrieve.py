@@ -37,14 +37,14 @@ def run(args: argparse.Namespace) -> int:
 
     from t2diff.data.errors import DataError
     from t2diff.retrieval.export import open_retriever
-    from t2diff.retrieval.user_tower import read_table, retrieve_frame
+    from t2diff.retrieval.user_tower import ModelOutputError, read_table, retrieve_frame
 
     try:
         retriever = open_retriever(args.source, args.export, args.data)
         df = read_table(args.input)
         k = args.k if args.k is not None else min(100, retriever.index.size)
         table, stats = retrieve_frame(retriever, df, k, args.exclude_seen, args.skip_unknown, args.batch_size)
-    except (FileNotFoundError, ValueError, DataError) as e:  # InputError / ExportError are ValueErrors
+    except (FileNotFoundError, ValueError, DataError, ModelOutputError) as e:  # Input/ExportError: ValueErrors
         return fail(str(e))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -237,7 +237,8 @@ class ItemIndex:
 
         queries: [Q, D] (or [D] for one query), numpy or torch. exclude: optional, one collection of item
         ids per query (e.g. the user's seen items) that must not be returned.
-        Returns (scores [Q, k] float32, descending; ids [Q, k] int64). Where fewer than k items qualify
+        Returns (scores [Q, k] float32, descending, equal scores by ascending id, with the exact index also
+        across the k-th place; ids [Q, k] int64). Where fewer than k items qualify
         (an IVF probe that reached too few items, or exclusions leaving < k), the tail is id -1, score -inf.
         """
         q = _as_f32_2d(queries[None] if np.ndim(queries) == 1 else queries, "queries")
@@ -252,9 +253,7 @@ class ItemIndex:
         # Ask for enough extra results that k survive the exclusion filter.
         extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
         k_search = min(self.size, k + extra)
-        scores, pos = self.index.search(q, k_search)  # [Q, k_search] each
-        ids = np.where(pos >= 0, self.ids[np.maximum(pos, 0)], MISSING_ID)
-        scores = np.where(pos >= 0, scores, -np.inf).astype(np.float32)
+        scores, ids = self._search_ordered(q, k_search)  # [Q, k_search] each
         if exclude is None:
             return scores[:, :k], ids[:, :k]
 
@@ -267,6 +266,27 @@ class ItemIndex:
             keep = np.flatnonzero(ok)[:k]
             out_s[r, : keep.size], out_i[r, : keep.size] = scores[r, keep], ids[r, keep]
         return out_s, out_i
+
+    def _search_ordered(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k with ties in a fixed order: equal scores by ascending item id, and where several items tie at
+        the k-th place, the lowest ids among them (one more result is fetched to see whether a tie crosses the
+        cut, and the search widened until it does not). So every caller (retrieve, serve, any k) sees ties the
+        same way, whatever order the index found them in. Missing slots (id -1, score -inf) come last.
+        The widening applies to the exact index only: an ANN index's candidate set is approximate anyway, and
+        asking it for k + 1 would change which candidates it re-ranks."""
+        exact = self.kind == "flat"
+        n = min(self.size, k + 1) if exact else k
+        while True:
+            scores, pos = self.index.search(q, n)  # [Q, n] each
+            ids = np.where(pos >= 0, self.ids[np.maximum(pos, 0)], MISSING_ID)
+            scores = np.where(pos >= 0, scores, -np.inf).astype(np.float32)
+            if not exact or n >= self.size or not (
+                    np.isfinite(scores[:, -1]) & (scores[:, -1] == scores[:, k - 1])).any():
+                break
+            n = min(self.size, 2 * n)  # a tie reaches past the cut: look further
+        order = np.lexsort((np.where(ids == MISSING_ID, np.iinfo(np.int64).max, ids), -scores), axis=1)
+        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        return scores[:, :k], ids[:, :k]
 
     def reconstruct(self) -> np.ndarray:
         """The indexed vectors [N, D] float32, row i belonging to ``ids[i]``."""

@@ -1,10 +1,13 @@
 """HTTP matching service: ``POST /recommend`` (history -> top-K items), ``GET /health``, OpenAPI at ``/docs``.
 
-One process holds the model (eval mode) and the item index; each request runs the user tower on one
-history under ``torch.no_grad`` and searches the inner-product index. Endpoints are plain ``def`` so
-FastAPI runs them in its worker-thread pool (PyTorch and FAISS release the GIL), and the server pins
-PyTorch / FAISS to one thread each: a single small request gains nothing from intra-op threads and
-loses a lot when concurrent requests fight over the same cores.
+One process holds the model (eval mode) and the item index. Requests are validated in the event loop, then
+answered by a runner (``t2diff.retrieval.batching``): by default a micro-batcher gathers concurrent requests
+into one user-tower batch (bounded batch, bounded wait) computed in a worker thread while the event loop
+keeps reading; with ``max_batch = 1`` each request is computed alone, ``threads`` at once. Either way the
+answer is the one the request would get alone. The server pins PyTorch / FAISS to one thread each.
+
+Limits (``t2diff.retrieval.limits``): an over-size body is a 413 before any parsing; a request that cannot be
+read within the time limit is a 408, one that cannot be answered within it a 503.
 
 Errors never take the process down: invalid input -> 422 with ``{"error": "<what is wrong>", ...}``;
 anything the model or index raises -> 500 with the exception's message.
@@ -12,6 +15,7 @@ anything the model or index raises -> 500 with the exception's message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import traceback
@@ -19,13 +23,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio.to_thread
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from t2diff.retrieval.batching import BatchingConfig, DirectRunner, Job, MicroBatcher
+from t2diff.retrieval.limits import LimitMiddleware, ServiceLimits, deadline_left
 from t2diff.retrieval.user_tower import InputError, Retriever, validate_history
 
 log = logging.getLogger("t2diff.serve")
@@ -69,6 +74,9 @@ class Health(BaseModel):
     uses_time: bool
     checkpoint: str
     export: str | None
+    max_batch: int
+    max_body_bytes: int
+    request_timeout_s: float
 
 
 class ErrorBody(BaseModel):
@@ -113,23 +121,30 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     return "; ".join(out)
 
 
-def create_app(retriever: Retriever, threads: int | None = None) -> FastAPI:
-    """threads: at most this many requests run the model at once (FastAPI's worker pool, default 40);
-    beyond the core count, extra threads only time-slice the same cores and raise every request's latency."""
+def create_app(retriever: Retriever, threads: int | None = None, limits: ServiceLimits | None = None,
+               batching: BatchingConfig | None = None) -> FastAPI:
+    """threads: without micro-batching, at most this many requests compute at once (default: the CPU count,
+    >= 2); beyond the core count, extra threads only time-slice the same cores and raise every latency."""
     tower, index = retriever.tower, retriever.index
+    limits = limits or ServiceLimits()
+    batching = batching or BatchingConfig()
+    runner: MicroBatcher | DirectRunner = (MicroBatcher(retriever, batching) if batching.enabled else
+                                           DirectRunner(retriever, threads or max(2, os.cpu_count() or 1)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if threads is not None:
-            anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         yield
+        runner.close()
 
     app = FastAPI(lifespan=lifespan, title="t2diff matching service",
                   description=f"Top-K retrieval with the {tower.model_name} user tower and a {index.kind} "
                               f"inner-product index over {index.size} items.")
+    app.add_middleware(LimitMiddleware, limits=limits)
+    app.state.runner = runner
     health = Health(status="ok", model=tower.model_name, num_items=index.size, index=index.kind, dim=index.dim,
                     max_len=tower.max_len, uses_time=tower.uses_time, checkpoint=retriever.meta["checkpoint"],
-                    export=retriever.meta.get("export"))
+                    export=retriever.meta.get("export"), max_batch=batching.max_batch,
+                    max_body_bytes=limits.max_body_bytes, request_timeout_s=limits.request_timeout_s)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -142,13 +157,15 @@ def create_app(retriever: Retriever, threads: int | None = None) -> FastAPI:
         return JSONResponse(status_code=500, content={"error": f"internal error: {type(exc).__name__}: {exc}"})
 
     @app.get("/health", response_model=Health)
-    async def get_health() -> Health:  # async: answers even while every worker thread is busy
+    async def get_health() -> Health:  # answers even while the model is busy
         return health
 
     @app.post("/recommend", response_model=RecommendResponse,
-              responses={422: {"model": ErrorBody, "description": "invalid request (the error says what)"},
-                         500: {"model": ErrorBody, "description": "model or index failure"}})
-    def recommend(req: RecommendRequest) -> Any:
+              responses={413: {"model": ErrorBody, "description": "request body over the size limit"},
+                         422: {"model": ErrorBody, "description": "invalid request (the error says what)"},
+                         500: {"model": ErrorBody, "description": "model or index failure"},
+                         503: {"model": ErrorBody, "description": "not answered within the time limit"}})
+    async def recommend(req: RecommendRequest, request: Request) -> Any:
         try:
             k = retriever.check_k(req.k)
             internal, ts = validate_history(tower, req.history, req.timestamps)
@@ -157,14 +174,18 @@ def create_app(retriever: Retriever, threads: int | None = None) -> FastAPI:
             if e.unknown_ids:
                 body["unknown_item_ids"] = e.unknown_ids
             return JSONResponse(status_code=422, content=body)
+        job = Job(internal, ts, req.request_time, k, req.exclude_seen)
         try:
-            scores, ids = retriever.topk([internal], k, req.exclude_seen, [ts] if ts is not None else None,
-                                         [req.request_time])
+            scores, ids = await asyncio.wait_for(runner.submit(job), max(0.0, deadline_left(request.scope, limits)))
+        except TimeoutError:
+            return JSONResponse(status_code=503, content={
+                "error": f"no answer within the time limit of {limits.request_timeout_s} s "
+                         "(serve --request-timeout); the service is overloaded"})
         except Exception as e:  # a model/index failure must answer, not kill the worker
-            log.error("recommend failed: %s", traceback.format_exc())
+            log.error("recommend failed: %s", "".join(traceback.format_exception(e)))
             return JSONResponse(status_code=500, content={"error": f"model error: {type(e).__name__}: {e}"})
         items = [{"item_id": tower.original_item(int(i)), "score": float(s)}
-                 for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+                 for s, i in zip(scores, ids, strict=True) if i >= 0]
         # a Response skips FastAPI's re-validation of 100 items against RecommendResponse (docs keep it)
         return JSONResponse({"items": items, "model": tower.model_name})
 
@@ -172,22 +193,23 @@ def create_app(retriever: Retriever, threads: int | None = None) -> FastAPI:
 
 
 def make_server(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-                access_log: bool = False, threads: int | None = None) -> uvicorn.Server:
+                access_log: bool = False, threads: int | None = None, limits: ServiceLimits | None = None,
+                batching: BatchingConfig | None = None) -> uvicorn.Server:
     """A uvicorn server for the app (``.run()`` blocks; ``.should_exit = True`` stops it from another thread)."""
-    threads = threads or max(2, os.cpu_count() or 1)
-    config = uvicorn.Config(create_app(retriever, threads), host=host, port=port, log_level=log_level,
-                            access_log=access_log)
+    config = uvicorn.Config(create_app(retriever, threads, limits, batching), host=host, port=port,
+                            log_level=log_level, access_log=access_log)
     return uvicorn.Server(config)
 
 
 def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          access_log: bool = False, threads: int | None = None, faiss_threads: int = 1) -> None:
-    """Run the service until interrupted: one process, one PyTorch thread per request and ``faiss_threads``
-    FAISS threads per search (module doc)."""
+          access_log: bool = False, threads: int | None = None, faiss_threads: int = 1,
+          limits: ServiceLimits | None = None, batching: BatchingConfig | None = None) -> None:
+    """Run the service until interrupted: one process, one PyTorch thread per computation and
+    ``faiss_threads`` FAISS threads per search (module doc)."""
     import faiss
     import torch
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(faiss_threads)
     retriever.topk([[1]], 1)  # warm-up: the first forward pays one-off allocations; do it before traffic
-    make_server(retriever, host, port, log_level, access_log, threads).run()
+    make_server(retriever, host, port, log_level, access_log, threads, limits, batching).run()

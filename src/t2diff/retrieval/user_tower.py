@@ -38,6 +38,17 @@ class InputError(ValueError):
         self.unknown_ids = unknown_ids or []
 
 
+class ModelOutputError(RuntimeError):
+    """The user tower produced NaN / inf for some histories: there is no ranking to answer with (the evaluator
+    gives such a target the worst rank; retrieval and serving refuse to answer instead of returning noise)."""
+
+    def __init__(self, rows: list[int] | None = None) -> None:
+        which = f"{len(rows)} history(ies) (rows {rows[:10]})" if rows is not None else "this history"
+        super().__init__(f"the model produced a NaN or infinite user vector for {which}; the checkpoint is "
+                         "broken or the input is out of range")
+        self.rows = rows or []
+
+
 def _id_str(x: Any) -> str:
     """JSON / Parquet id -> the string form item_ids.txt uses. Integral floats (pandas upcasts) become ints."""
     if isinstance(x, bool):  # bool is an int subclass; True is never an item id
@@ -135,7 +146,10 @@ class Retriever:
              request_times: Sequence[int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores [B, k] float32 descending, internal ids [B, k]); id -1 / -inf where fewer than k qualify
         (exclusion of seen items left fewer than k)."""
-        q = self.tower.embed(histories, times, request_times)
+        q = self.tower.embed(histories, times, request_times)  # [B, D]
+        bad = np.flatnonzero(~np.isfinite(q).all(axis=1))
+        if bad.size:
+            raise ModelOutputError(bad.tolist())
         exclude = [set(h) for h in histories] if exclude_seen else None  # the whole history, not only the window
         return self.index.search(q, k, exclude)
 
@@ -323,7 +337,10 @@ def retrieve_frame(retriever: Retriever, df: Any, k: int, exclude_seen: bool = F
     out_score: list[np.ndarray] = []
     for s in range(0, len(rows), batch_size):
         sl = slice(s, s + batch_size)
-        scores, ids = retriever.topk(hists[sl], k, exclude_seen, times[sl], req[sl])
+        try:
+            scores, ids = retriever.topk(hists[sl], k, exclude_seen, times[sl], req[sl])
+        except ModelOutputError as e:  # name the input rows, not the batch rows
+            raise ModelOutputError([rows[s + r] for r in e.rows]) from None
         for r, (sc, it) in enumerate(zip(scores, ids, strict=True)):
             ok = it != MISSING_ID
             n = int(ok.sum())
