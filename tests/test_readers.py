@@ -126,7 +126,7 @@ def test_generic_too_few_fields(tmp_path):
     p.write_text("user_id,item_id,ts\n1,2,3\n1,2\n")
     with pytest.raises(DataError) as e:
         read_interactions(p, ColumnSpec(time="ts"))
-    assert str(e.value) == f"{p} line 3, field ts: value is missing (too few fields on the line?)"
+    assert str(e.value) == f"{p} line 3, field ts: value is missing: too few fields (the line has 2, the header 3)"
 
 
 def test_generic_non_integer_timestamp_and_order(tmp_path):

@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 
 from t2diff.commands.common import add_progress_arg, fail
-from t2diff.metrics import is_metric
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -99,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_xhat(res: dict[str, dict[str, float]], out: Path, what: str) -> list[Path]:
     import csv
+
+    from t2diff.metrics import is_metric
 
     cols = sorted({k for m in res.values() for k in m if is_metric(k)},
                   key=lambda k: (k.split("@")[0], int(k.split("@")[1])))

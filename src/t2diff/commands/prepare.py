@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-user-interactions", type=int, default=5)
     p.add_argument("--min-item-interactions", type=int, default=1)
     p.add_argument("--min-rating", type=float)
+    p.add_argument("--allow-fractional-ratings", action="store_true",
+                   help="accept ratings that are not whole numbers, e.g. MovieLens 10M's half stars in the ML-1M "
+                   "'::' format (default: a fractional rating is an error; NaN, inf and negative ones always are)")
     p.set_defaults(func=run)
 
 
@@ -46,12 +49,14 @@ def run(args: argparse.Namespace) -> int:
         columns=ColumnSpec(user=args.user_col, item=args.item_col, time=args.time_col, order=args.order_col,
                            rating=args.rating_col, time_unit=args.time_unit),
         sep=args.sep, encoding=args.encoding, filters=args.filters, item_features=args.item_features,
-        features=not args.no_features,
+        features=not args.no_features, allow_fractional_ratings=args.allow_fractional_ratings,
     )
     filt = FilterSpec(args.min_user_interactions, args.min_item_interactions, args.min_rating)
     try:
         inter = load_source(spec)
         extra = {"reader": {"filters": args.filters} if args.dataset == "kuairand" else {}}
+        if args.allow_fractional_ratings:  # only when set, so the default caches' meta stays as it was
+            extra["reader"]["allow_fractional_ratings"] = True
         meta = prepare(inter, Path(args.out or f"cache/{args.dataset}"), filt, args.dataset, extra)
     except DataError as e:
         return fail(str(e))

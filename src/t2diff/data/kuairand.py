@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from t2diff.data.errors import DataError
-from t2diff.data.generic import normalise_ids, read_table, to_int_column
+from t2diff.data.generic import missing_check, normalise_ids, read_table, to_int_column, to_unix_times
 from t2diff.data.interactions import Interactions
 
 # the paper's filter (§5.1): clicks in the main feed
@@ -36,13 +36,15 @@ def read_logs(paths: list[Path], filters: tuple[str, ...] | list[str] = DEFAULT_
     conds = [parse_filter(f) for f in filters]
     parts = []
     for p in paths:
-        df = read_table(p, LOG_COLUMNS + [c for c, _ in conds if c not in LOG_COLUMNS], dtype={"user_id": str,
-                        "video_id": str})
-        keep = np.ones(len(df), dtype=bool)
+        t = read_table(p, LOG_COLUMNS + [c for c, _ in conds if c not in LOG_COLUMNS], dtype={"user_id": str,
+                       "video_id": str})
+        for col in ("user_id", "video_id"):
+            missing_check(t, col)
+        keep = np.ones(len(t.df), dtype=bool)
         for col, val in conds:
-            keep &= to_int_column(p, df, col) == val
-        time_ms = to_int_column(p, df, "time_ms")
-        df = df.loc[keep, ["user_id", "video_id"]].assign(time_ms=time_ms[keep])
+            keep &= to_int_column(t, col) == val
+        time_ms = to_unix_times(t, "time_ms")  # every row, filtered or not: a negative time is a broken file
+        df = t.df.loc[keep, ["user_id", "video_id"]].assign(time_ms=time_ms[keep])
         parts.append(df)
     df = pd.concat(parts, ignore_index=True)
     # order within a user comes from time_ms (stable sort in prepare); keep ms precision as the order key
@@ -55,7 +57,7 @@ def read_video_features(path: Path) -> dict[str, list[str]]:
     """video_features_basic_*.csv -> {video id: tokens}: author, type, upload type, music type, each tag,
     and a log2 bucket of the duration."""
     cols = ["video_id", *CATEGORICAL_VIDEO_COLUMNS, "video_duration", "tag"]
-    df = read_table(path, cols, dtype=str)
+    df = read_table(path, cols, dtype=str).df
     out: dict[str, list[str]] = {}
     for row in df.itertuples(index=False):
         vid = str(row.video_id)

@@ -9,6 +9,7 @@ import numpy as np
 from t2diff.data.errors import DataError, where
 from t2diff.data.interactions import Interactions
 from t2diff.data.textio import decode, read_bytes, split_lines
+from t2diff.data.values import NEGATIVE_TIME, first_bad_rating, first_negative_time
 
 RATINGS_FIELDS = ("UserID", "MovieID", "Rating", "Timestamp")
 
@@ -34,8 +35,10 @@ def _rows(path: Path, member: str, encoding: str, fields: tuple[str, ...]) -> li
     return out
 
 
-def read_ratings(path: Path, encoding: str = "utf-8") -> Interactions:
-    """``UserID::MovieID::Rating::Timestamp`` (ratings.dat or ml-1m.zip). File order is kept as a tie-break."""
+def read_ratings(path: Path, encoding: str = "utf-8", allow_fractional_ratings: bool = False) -> Interactions:
+    """``UserID::MovieID::Rating::Timestamp`` (ratings.dat or ml-1m.zip). File order is kept as a tie-break.
+    Ratings are whole stars (ML-1M) unless ``allow_fractional_ratings`` (MovieLens 10M's half stars); the value
+    rules are those of ``t2diff.data.values``."""
     rows = _rows(path, "ratings.dat", encoding, RATINGS_FIELDS)
     n = len(rows)
     users = np.empty(n, np.int64)
@@ -50,6 +53,15 @@ def read_ratings(path: Path, encoding: str = "utf-8") -> Interactions:
         except ValueError:
             raise DataError(f"{where(path, no, 'Rating')}: {r!r} is not a number") from None
         times[k] = _int(t, path, no, "Timestamp")
+    # value rules checked on the whole arrays (cheap next to the loop), then the first offender is located
+    k = first_negative_time(times)
+    if k is not None:
+        no, parts = rows[k]
+        raise DataError(f"{where(path, no, 'Timestamp')}: {parts[3]!r} {NEGATIVE_TIME}")
+    bad = first_bad_rating(ratings, allow_fractional_ratings)
+    if bad is not None:
+        no, parts = rows[bad[0]]
+        raise DataError(f"{where(path, no, 'Rating')}: {parts[2]!r} {bad[1]}")
     return Interactions(users, items, times=times, ratings=ratings, sources=[str(path)])
 
 

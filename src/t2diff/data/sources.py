@@ -35,6 +35,7 @@ class SourceSpec:
     filters: list[str] = field(default_factory=lambda: list(kuairand.DEFAULT_FILTERS))
     item_features: str | None = None  # explicit side-feature file (movies.dat / video_features_basic_*.csv)
     features: bool = True  # read the dataset's side features when present
+    allow_fractional_ratings: bool = False  # ratings need not be whole stars (MovieLens 10M's half stars)
 
 
 def resolve_data_dir(data_dir: str | None) -> Path:
@@ -70,7 +71,8 @@ def load_source(spec: SourceSpec) -> Interactions:
     if spec.dataset == "generic":
         if not spec.inputs:
             raise DataError("dataset 'generic' needs --input FILE [FILE ...]")
-        parts = [read_interactions(p, spec.columns, spec.sep, spec.encoding) for p in _expand(spec.inputs, base)]
+        parts = [read_interactions(p, spec.columns, spec.sep, spec.encoding, spec.allow_fractional_ratings)
+                 for p in _expand(spec.inputs, base)]
         inter = _concat(parts)
     elif spec.dataset == "ml-1m":
         inter = _load_ml1m(spec, base)
@@ -98,7 +100,7 @@ def _load_ml1m(spec: SourceSpec, base: Path | None) -> Interactions:
             cols = ColumnSpec(user="user_id", item="movie_id", order="seq_index")
             parts.append(read_interactions(f, cols, spec.sep, spec.encoding))
         else:
-            parts.append(movielens.read_ratings(f, spec.encoding))
+            parts.append(movielens.read_ratings(f, spec.encoding, spec.allow_fractional_ratings))
     inter = _concat(parts)
     feat_file = Path(spec.item_features) if spec.item_features else (root / "movies.dat" if root else None)
     if spec.features and feat_file is not None and feat_file.exists():
