@@ -1,4 +1,5 @@
-"""``t2diff export``: item embeddings with original ids + inner-product index (+ ANN recall report)."""
+"""``t2diff export``: item embeddings with original ids + inner-product index (+ ANN recall report, + ONNX user
+tower)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Write items.npy / item_ids.txt / items.parquet (original item ids), the FAISS "
                        "inner-product index (index/) and export.json (checkpoint path + sha256). For the ANN kinds "
                        "(ivf, hnsw, ivfpq), index_report.json gives recall@K against exact search, with real test "
-                       "users as queries.")
+                       "users as queries. --onnx adds user_tower.onnx, checked against PyTorch on real test users.")
     p.add_argument("checkpoint", help="a run directory (uses best.pt, else last.pt) or a .pt file")
     p.add_argument("--out", required=True, help="export folder (created)")
     p.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivfpq"], default="flat",
@@ -33,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-queries", type=int, default=1000, help="test users used as report queries")
     p.add_argument("--copy-checkpoint", action="store_true", help="copy the checkpoint into the export as model.pt")
     p.add_argument("--data", help="prepared dataset (default: the one in the checkpoint's config)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write user_tower.onnx (histories -> user vectors, for onnxruntime; needs the onnx and "
+                   "onnxruntime packages); fails unless onnxruntime matches PyTorch on real test users")
+    p.add_argument("--onnx-rows", type=int, default=64, help="--onnx: test histories in the equality check")
+    p.add_argument("--onnx-atol", type=float, default=1e-5,
+                   help="--onnx: largest accepted max abs difference between onnxruntime and PyTorch user vectors")
     p.set_defaults(func=run)
 
 
@@ -47,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
                           refine=args.refine, fastscan=args.fastscan)
         meta = export_run(args.checkpoint, args.out, cfg, report_k=args.report_k,
                           report_queries=args.report_queries, copy_checkpoint=args.copy_checkpoint,
-                          data_path=args.data)
+                          data_path=args.data, onnx=args.onnx, onnx_rows=args.onnx_rows, onnx_atol=args.onnx_atol)
     except (FileNotFoundError, ValueError, DataError) as e:
         return fail(str(e))
-    print(dump({k: meta[k] for k in ("model", "num_items", "dim", "index", "report")}))
+    print(dump({k: meta[k] for k in ("model", "num_items", "dim", "index", "report", "onnx")}))
     print(f"exported to {args.out}")
     return 0

@@ -29,6 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="users per forward pass (models with stochastic "
                    "inference, e.g. t2diff, draw noise per batch row: --batch-size 1 matches the service exactly)")
     p.add_argument("--data", help="prepared dataset (default: the one recorded in the checkpoint / export)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="user tower runtime: the PyTorch model, or onnxruntime on the export's user_tower.onnx "
+                   "(needs an export made with `t2diff export --onnx`)")
+    p.add_argument("--onnx-threads", type=int, default=1, help="onnxruntime intra-op threads (--runtime onnx)")
     p.set_defaults(func=run)
 
 
@@ -40,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from t2diff.retrieval.user_tower import ModelOutputError, read_table, retrieve_frame
 
     try:
-        retriever = open_retriever(args.source, args.export, args.data)
+        retriever = open_retriever(args.source, args.export, args.data, runtime=args.runtime,
+                                   onnx_threads=args.onnx_threads)
         df = read_table(args.input)
         k = args.k if args.k is not None else min(100, retriever.index.size)
         table, stats = retrieve_frame(retriever, df, k, args.exclude_seen, args.skip_unknown, args.batch_size)

@@ -36,6 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--request-timeout", type=float, default=ServiceLimits.request_timeout_s,
                    help="seconds to read and answer a request; slower ones get a 408 (body) or 503 (answer)")
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="user tower runtime: the PyTorch model, or onnxruntime on the export's user_tower.onnx "
+                   "(needs an export made with `t2diff export --onnx`)")
+    p.add_argument("--onnx-threads", type=int, default=1, help="onnxruntime intra-op threads (--runtime onnx)")
     p.set_defaults(func=run)
 
 
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         return fail(str(e))
     try:
-        retriever = open_retriever(args.checkpoint, args.export, args.data)
+        retriever = open_retriever(args.checkpoint, args.export, args.data, runtime=args.runtime,
+                                   onnx_threads=args.onnx_threads)
     except (FileNotFoundError, ValueError, DataError) as e:
         return fail(str(e))
     try:

@@ -10,6 +10,8 @@ Layout of an export folder::
                        embedding (fixed-size list<float32>[D])
     index/             ItemIndex.save: index.faiss, ids.npy (INTERNAL ids 1..I), index.json
     index_report.json  ANN kinds only: recall@K vs exact search and single-query latency (index_report)
+    user_tower.onnx    only with onnx=True: the user tower for onnxruntime (onnx_tower.py); export.json's "onnx"
+                       entry gives its inputs, opset, versions and the onnxruntime-vs-PyTorch check
     model.pt           only with copy_checkpoint=True
 """
 
@@ -24,26 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from t2diff.checkpoint import resolve
 from t2diff.data.prepare import sha256
 from t2diff.retrieval.index import IndexConfig, ItemIndex, index_report
 from t2diff.retrieval.user_tower import Retriever, UserTower
 
 EXPORT_FORMAT = 1
 _META = "export.json"
+RUNTIMES = ("torch", "onnx")
 
 
 class ExportError(ValueError):
     """An export folder that is missing, malformed, or does not belong to the given checkpoint."""
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory (best.pt, else last.pt) or a .pt file -> the file (same rule as checkpoint.load)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "best.pt" if (p / "best.pt").exists() else p / "last.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {p} not found")
-    return p
 
 
 def load_tower(checkpoint: str | Path, data_path: str | None = None) -> tuple[UserTower, Path, str]:
@@ -51,7 +45,7 @@ def load_tower(checkpoint: str | Path, data_path: str | None = None) -> tuple[Us
     rewrite best.pt in between, and an export must describe the weights it holds."""
     from t2diff.checkpoint import build_from_checkpoint
 
-    ck = resolve_checkpoint(checkpoint)
+    ck = resolve(checkpoint)  # the checkpoint the run directory's last.pt records
     sha = sha256(ck)
     model, cfg, ds = build_from_checkpoint(ck, data_path)
     if sha256(ck) != sha:
@@ -59,29 +53,50 @@ def load_tower(checkpoint: str | Path, data_path: str | None = None) -> tuple[Us
     return UserTower(model, cfg, ds), ck, sha
 
 
-@torch.no_grad()
-def sample_test_queries(tower: UserTower, n: int = 1000, seed: int = 0) -> np.ndarray:
-    """User embeddings [<= n, D] of a seeded sample of the run's protocol test examples (real users, each
-    with the history before its held-out target): the realistic query set for an ANN recall report."""
-    from t2diff.data.batching import make_batch
+def _test_examples(tower: UserTower, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(users, positions) of a seeded sample of <= n of the run's protocol test examples."""
     from t2diff.train import build_split
 
     ex = build_split(tower.cfg, tower.ds).test
     idx = np.arange(len(ex))
     if len(ex) > n:
         idx = np.sort(np.random.default_rng(seed).choice(len(ex), size=n, replace=False))
+    return ex.users[idx], ex.positions[idx]
+
+
+@torch.no_grad()
+def sample_test_queries(tower: UserTower, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """User embeddings [<= n, D] of a seeded sample of the run's protocol test examples (real users, each
+    with the history before its held-out target): the realistic query set for an ANN recall report."""
+    from t2diff.data.batching import make_batch
+
+    users, positions = _test_examples(tower, n, seed)
     out = []
-    for s in range(0, len(idx), 256):
-        sel = idx[s: s + 256]
-        batch = make_batch(tower.ds, ex.users[sel], ex.positions[sel], tower.max_len)
+    for s in range(0, len(users), 256):
+        batch = make_batch(tower.ds, users[s: s + 256], positions[s: s + 256], tower.max_len)
         out.append(tower.model.user_embeddings(batch).detach().float().cpu().numpy())
     return np.concatenate(out)
 
 
+def export_onnx(tower: UserTower, out: Path, rows: int = 64, atol: float = 1e-5, log: Any = print) -> dict[str, Any]:
+    """Write out/user_tower.onnx, checked against PyTorch on ``rows`` test histories (and one alone)."""
+    from t2diff.data.batching import make_batch
+    from t2diff.retrieval.onnx_tower import export_user_tower
+
+    users, positions = _test_examples(tower, rows, seed=0)
+    sample = make_batch(tower.ds, users, positions, tower.max_len)
+    info = export_user_tower(tower, out, sample, atol=atol, log=log)
+    info["check"]["histories"] = f"{tower.cfg.data.protocol} test examples (seed 0)"
+    return info
+
+
 def export_run(checkpoint: str | Path, out: str | Path, index_cfg: IndexConfig | None = None, *,
                report_k: int = 100, report_queries: int = 1000, copy_checkpoint: bool = False,
-               data_path: str | None = None, log: Any = print) -> dict[str, Any]:
-    """Write an export folder (layout in the module docstring); returns the export.json content."""
+               data_path: str | None = None, onnx: bool = False, onnx_rows: int = 64, onnx_atol: float = 1e-5,
+               log: Any = print) -> dict[str, Any]:
+    """Write an export folder (layout in the module docstring); returns the export.json content. With ``onnx``
+    also user_tower.onnx; the export fails (OnnxError) unless onnxruntime matches PyTorch within onnx_atol
+    on ``onnx_rows`` test histories."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -96,6 +111,11 @@ def export_run(checkpoint: str | Path, out: str | Path, index_cfg: IndexConfig |
         raise ExportError(f"{ck}: item embeddings contain NaN or inf; the checkpoint is broken")
     num, dim = items.shape
     ids = ds.item_ids[1:]
+
+    # first: the slowest and most fragile step, so a failure leaves the folder as it was
+    onnx_info = export_onnx(tower, out, onnx_rows, onnx_atol, log) if onnx else None
+    if not onnx:
+        (out / "user_tower.onnx").unlink(missing_ok=True)  # a stale graph from an earlier export
 
     np.save(out / "items.npy", items)
     (out / "item_ids.txt").write_text("\n".join(ids) + "\n")
@@ -137,7 +157,8 @@ def export_run(checkpoint: str | Path, out: str | Path, index_cfg: IndexConfig |
         "index": {"folder": "index", "config": index.cfg.to_dict(), "ids": "internal (item_ids.txt line id-1)",
                   "build_seconds": round(build_s, 3)},
         "report": report_file,
-        "files": ["items.npy", "item_ids.txt", "items.parquet", "index/"],
+        "onnx": onnx_info,
+        "files": ["items.npy", "item_ids.txt", "items.parquet", "index/", *(["user_tower.onnx"] if onnx else [])],
         "seconds": round(time.perf_counter() - t0, 3),
     }
     (out / _META).write_text(json.dumps(meta, indent=2) + "\n")
@@ -174,13 +195,19 @@ def check_export(folder: Path, meta: dict[str, Any], index: ItemIndex, tower: Us
         raise ExportError(f"{folder}: index holds {index.size} x {index.dim}, the model {current.shape}")
 
 
-def open_retriever(path: str | Path, export: str | Path | None = None, data_path: str | None = None) -> Retriever:
+def open_retriever(path: str | Path, export: str | Path | None = None, data_path: str | None = None,
+                   runtime: str = "torch", onnx_threads: int = 1) -> Retriever:
     """Run directory / .pt / export folder (+ optional export folder) -> a Retriever.
 
     - an export folder (alone): its checkpoint (the copy if there is one, else the recorded path) and index;
     - a checkpoint with ``export``: the export's index, checked against the checkpoint;
     - a checkpoint alone: an exact flat index built in memory from the model's item embeddings.
+
+    ``runtime="onnx"``: user vectors from the export's user_tower.onnx on onnxruntime (``onnx_threads``
+    intra-op threads), checked against the checkpoint at load; needs an export written with onnx=True.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     path = Path(path)
     if export is None and is_export(path):
         export = path
@@ -188,14 +215,21 @@ def open_retriever(path: str | Path, export: str | Path | None = None, data_path
         copy = meta0.get("checkpoint", {}).get("copy")
         path = path / copy if copy else Path(meta0["checkpoint"]["path"])
         data_path = data_path or meta0.get("data_path")
+    if export is None and runtime == "onnx":
+        raise ExportError("runtime onnx needs an export folder with user_tower.onnx: run `t2diff export RUN "
+                          "--out DIR --onnx` and pass DIR")
     tower, ck, sha = load_tower(path, data_path)
     if export is None:
         items = tower.item_embeddings()[1:]
         index = ItemIndex.build(items, np.arange(1, len(items) + 1, dtype=np.int64), IndexConfig(kind="flat"))
         return Retriever(tower, index, {"checkpoint": str(ck), "sha256": sha, "export": None,
-                                        "index": index.cfg.to_dict()})
+                                        "index": index.cfg.to_dict(), "runtime": runtime})
     export = Path(export)
     meta, index = load_export(export)
     check_export(export, meta, index, tower)
+    if runtime == "onnx":
+        from t2diff.retrieval.onnx_tower import load_onnx_tower
+
+        tower = load_onnx_tower(export, tower, threads=onnx_threads)
     return Retriever(tower, index, {"checkpoint": str(ck), "sha256": sha, "export": str(export),
-                                    "index": index.cfg.to_dict()})
+                                    "index": index.cfg.to_dict(), "runtime": runtime})

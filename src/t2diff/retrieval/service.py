@@ -128,6 +128,8 @@ def create_app(retriever: Retriever, threads: int | None = None, limits: Service
     tower, index = retriever.tower, retriever.index
     limits = limits or ServiceLimits()
     batching = batching or BatchingConfig()
+    # internal id -> the original id to answer with (row 0: padding, never returned)
+    answer_ids = [None] + [tower.original_item(i) for i in range(1, tower.num_items + 1)]
     runner: MicroBatcher | DirectRunner = (MicroBatcher(retriever, batching) if batching.enabled else
                                            DirectRunner(retriever, threads or max(2, os.cpu_count() or 1)))
 
@@ -184,8 +186,8 @@ def create_app(retriever: Retriever, threads: int | None = None, limits: Service
         except Exception as e:  # a model/index failure must answer, not kill the worker
             log.error("recommend failed: %s", "".join(traceback.format_exception(e)))
             return JSONResponse(status_code=500, content={"error": f"model error: {type(e).__name__}: {e}"})
-        items = [{"item_id": tower.original_item(int(i)), "score": float(s)}
-                 for s, i in zip(scores, ids, strict=True) if i >= 0]
+        items = [{"item_id": answer_ids[i], "score": s}  # plain Python lists: 100 items cost ~0.1 ms, not 0.3
+                 for s, i in zip(scores.tolist(), ids.tolist(), strict=True) if i >= 0]
         # a Response skips FastAPI's re-validation of 100 items against RecommendResponse (docs keep it)
         return JSONResponse({"items": items, "model": tower.model_name})
 

@@ -23,6 +23,7 @@ import torch
 from t2diff.batch import Batch
 from t2diff.config import ExperimentConfig
 from t2diff.data.prepared import PreparedDataset
+from t2diff.data.values import timestamp_problem
 from t2diff.models.base import SeqRecModel
 from t2diff.retrieval.index import MISSING_ID, ItemIndex
 
@@ -119,6 +120,12 @@ class UserTower:
             t_req = [int(r) if r is not None else (now if t is not None else 0)
                      for r, t in zip(rq, times, strict=True)]
         batch = Batch.from_histories([list(h) for h in histories], self.max_len, t_rows, t_req)
+        return self.embed_batch(batch)
+
+    @torch.no_grad()
+    def embed_batch(self, batch: Batch) -> np.ndarray:
+        """User embeddings [B, D] float32 of a built serving Batch: the one call another runtime replaces
+        (onnx_tower.OnnxUserTower)."""
         return self.model.user_embeddings(batch).detach().float().cpu().numpy()
 
     @torch.no_grad()
@@ -180,8 +187,8 @@ def validate_history(tower: UserTower, history: Sequence[Any], timestamps: Seque
     if timestamps is not None:
         ts = []
         for t in timestamps:
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
-                raise InputError(f"{where}timestamps must be non-negative integers (unix seconds), got {t!r}")
+            if (msg := timestamp_problem(t)) is not None:  # the readers' rule (t2diff.data.values)
+                raise InputError(f"{where}{msg}")
             ts.append(int(t))
     return internal, ts
 
@@ -222,6 +229,8 @@ def _ints(values: list[Any], where: str) -> list[int]:
             raise InputError(f"{where}timestamp {v!r} is not a number") from None
         if not math.isfinite(f) or not f.is_integer():
             raise InputError(f"{where}timestamp {v!r} is not an integer (unix seconds)")
+        if (msg := timestamp_problem(int(f))) is not None:
+            raise InputError(f"{where}{msg}")
         out.append(int(f))
     return out
 
