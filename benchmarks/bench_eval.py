@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from t2diff.checkpoint import build_model
 from t2diff.config import load_config
 from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import leave_one_out
 from t2diff.evaluate import rank_examples
+from t2diff.run import build_model, data_info
 
 
 def timed(fn, repeats: int) -> float:
@@ -49,7 +49,7 @@ def main() -> None:
     for max_len in (50, 200):
         cfg = load_config("configs/ml-1m/sasrec.yaml", [f"data.path={args.data}", f"data.max_len={max_len}"])
         torch.manual_seed(0)
-        model = build_model(cfg, ds).eval()
+        model = build_model(cfg, data_info(ds, cfg)).eval()
         full = timed(lambda m=model, L=max_len: rank_examples(m, ds, ex, L, batch_size=512).ranks, args.repeats)
         u = torch.randn(len(ex), cfg.model.get("hidden", 64))
         items = model.item_embeddings().detach()

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2diff.checkpoint import build_from_checkpoint, resolve
+from t2diff.checkpoint import resolve
 from t2diff.data.batching import make_batch
 from t2diff.evaluate import rank_examples
 from t2diff.metrics import TIE_RULE, is_metric, metrics_from_ranks
-from t2diff.train import build_split
+from t2diff.run import build_from_checkpoint, build_split
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from t2diff.checkpoint import build_from_checkpoint
 from t2diff.cli import main
 from t2diff.compare import CompareOptions, paper_table2, resolve_entries
 from t2diff.config import ConfigError
 from t2diff.models.base import count_parameters
+from t2diff.run import build_from_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ml-1m"
 TINY = ["train.epochs=1", "data.max_len=12", "train.batch_size=32", "eval.ks=[2,20]", "train.threads=1"]

@@ -53,10 +53,9 @@ def test_diagnose_writes_one_finite_row_per_step(synthetic_prepared: Path, tmp_p
 def test_xhat_sources_chain_reproduces_evaluation(synthetic_prepared: Path, tmp_path: Path) -> None:
     """The 'chain' source must give exactly the evaluator's metrics; an oracle x_hat changes the ranking only
     through x_hat (same weights), and the CLI writes the table."""
-    from t2diff.checkpoint import build_from_checkpoint
     from t2diff.diagnostics import xhat_source_metrics
     from t2diff.evaluate import evaluate
-    from t2diff.train import build_split
+    from t2diff.run import build_from_checkpoint, build_split
 
     run = _train(synthetic_prepared, tmp_path / "run")
     model, cfg, ds = build_from_checkpoint(run)

@@ -19,11 +19,11 @@ pytest.importorskip("faiss")
 from conftest import train_tiny_run  # noqa: E402
 
 from t2diff.batch import Batch  # noqa: E402
-from t2diff.checkpoint import build_from_checkpoint  # noqa: E402
 from t2diff.cli import main  # noqa: E402
 from t2diff.retrieval.export import ExportError, open_retriever  # noqa: E402
 from t2diff.retrieval.index import ItemIndex  # noqa: E402
 from t2diff.retrieval.user_tower import InputError, UserTower  # noqa: E402
+from t2diff.run import build_from_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

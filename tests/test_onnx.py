@@ -52,14 +52,14 @@ def onnx_export(run: Path) -> Path:
 
 def _tower(prepared: Path, overrides: list[str]) -> UserTower:
     """An untrained model on the synthetic prepared data (string ids, timestamps) as a UserTower."""
-    from t2diff.checkpoint import build_model
     from t2diff.config import load_config
     from t2diff.data.prepared import PreparedDataset
+    from t2diff.run import build_model, data_info
 
     torch.manual_seed(0)
     cfg = load_config(None, [f"data.path={prepared}", "data.max_len=12", *overrides])
     ds = PreparedDataset.load(prepared)
-    return UserTower(build_model(cfg, ds), cfg, ds)
+    return UserTower(build_model(cfg, data_info(ds, cfg)), cfg, ds)
 
 
 def _histories(tower: UserTower) -> tuple[list[list[int]], list[list[int]], list[int]]:

@@ -23,8 +23,8 @@ httpx = pytest.importorskip("httpx")
 from conftest import train_tiny_run  # noqa: E402
 
 from t2diff.batch import Batch  # noqa: E402
-from t2diff.checkpoint import build_from_checkpoint  # noqa: E402
 from t2diff.cli import main  # noqa: E402
+from t2diff.run import build_from_checkpoint  # noqa: E402
 
 HOST = "127.0.0.1"  # loopback only
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from t2diff.checkpoint import build_from_checkpoint
 from t2diff.config import load_config
 from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import leave_one_out
 from t2diff.evaluate import rank_examples
+from t2diff.run import build_from_checkpoint
 from t2diff.train import Trainer, TrainingError
 
 SMALL = ["model.hidden=16", "model.num_blocks=1", "model.ffn_dim=32", "data.max_len=12",

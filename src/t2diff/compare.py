@@ -275,8 +275,8 @@ def _reported(cfg: ExperimentConfig, out: dict[str, Any]) -> str:
 def run_model(e: Entry, opts: CompareOptions, log: Callable[[str], None] = print) -> ModelResult | None:
     """Train (or, with --resume and a finished run, reload) one model; measure its size and inference time.
     None with ``no_train`` when the model has no finished run."""
-    from t2diff.checkpoint import build_from_checkpoint
-    from t2diff.train import Trainer, build_split
+    from t2diff.run import build_from_checkpoint, build_split
+    from t2diff.train import Trainer
 
     cfg = e.cfg
     run_dir = opts.out / "runs" / e.name
@@ -486,7 +486,7 @@ class Report:
 def compare(opts: CompareOptions, log: Callable[[str], None] = print) -> Report:
     """Run the comparison; compare.md / compare.csv are rewritten after every model (a partial table survives
     an interruption; --resume continues)."""
-    from t2diff.train import build_split
+    from t2diff.run import build_split
 
     started = time.perf_counter()
     entries, notes = resolve_entries(opts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,12 +20,35 @@ def full_softmax_ce(user_vecs: Tensor, item_vecs: Tensor, targets: Tensor) -> Te
 
 
 SAMPLERS = ("uniform", "popularity", "in_batch", "mixed")
+LOSSES = ("full", "sampled")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """How a model's L_TOWER is computed: full softmax, or sampled softmax with logQ correction. Built from
+    ``train.loss`` / ``train.num_negatives`` / ``train.negative_sampler`` by ``t2diff.run``; the model takes it
+    at construction (``SeqRecModel.tower_loss``). ``item_counts`` [I+1]: training counts per item id, for the
+    popularity-based samplers (from the split's training part only: held-out targets are never counted)."""
+
+    loss: str = "full"
+    num_negatives: int = 1024
+    negative_sampler: str = "popularity"
+    item_counts: np.ndarray | None = None
+
+    def build(self, num_items: int) -> SampledSoftmaxLoss | None:
+        """The callable ``(user_vecs, targets, item_vecs) -> loss``, or None for full softmax."""
+        if self.loss == "full":
+            return None
+        if self.loss == "sampled":
+            return SampledSoftmaxLoss(num_items, self.num_negatives, self.negative_sampler,
+                                      item_counts=self.item_counts)
+        raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
 
 
 class SampledSoftmaxLoss:
     """Sampled softmax cross-entropy with logQ correction, for catalogues too large for full softmax.
 
-    Attach as ``model.tower_loss_fn = SampledSoftmaxLoss(...)``; called as
+    Built by :class:`Objective` (``train.loss=sampled``); called as
     ``loss(user_vecs [N, D], targets [N] in 1..I, item_vecs [I+1, D])``.
 
     Negatives per batch (shared by all rows, padding id 0 never drawn):

@@ -14,14 +14,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from t2diff import checkpoint, distributed
+from t2diff import checkpoint, distributed, run
 from t2diff.config import ExperimentConfig
 from t2diff.data.batching import make_batch
-from t2diff.data.prepared import PreparedDataset
-from t2diff.data.protocols import Examples, Split, make_split
+from t2diff.data.protocols import Examples
 from t2diff.evaluate import Ranking, rank_examples
 from t2diff.metrics import TIE_RULE, TIE_RULE_TEXT, is_metric
-from t2diff.models.base import SeqRecModel
 
 MAX_LABEL = "test_max_over_epochs (the authors' reporting: selected on the test set, optimistic)"
 
@@ -37,26 +35,6 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def build_split(cfg: ExperimentConfig, ds: PreparedDataset) -> Split:
-    if cfg.data.protocol == "paper":
-        return make_split(ds, "paper", seed=cfg.data.split_seed, test_frac=cfg.data.test_frac,
-                          history_cap=cfg.data.max_len, train_targets=cfg.data.train_targets)
-    return make_split(ds, cfg.data.protocol)
-
-
-def attach_loss(model: SeqRecModel, cfg: ExperimentConfig, ds: PreparedDataset) -> None:
-    if cfg.train.loss == "full":
-        model.tower_loss_fn = None
-    elif cfg.train.loss == "sampled":
-        from t2diff.losses import SampledSoftmaxLoss
-
-        counts = np.bincount(ds.items, minlength=ds.num_items + 1)
-        model.tower_loss_fn = SampledSoftmaxLoss(ds.num_items, cfg.train.num_negatives,
-                                                 cfg.train.negative_sampler, item_counts=counts)
-    else:
-        raise TrainingError(f"train.loss: unknown loss {cfg.train.loss!r}; choose full or sampled")
 
 
 def _without_budget(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -78,11 +56,9 @@ class Trainer:
         self.log = log if self.dist.is_main else (lambda s: None)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.ds = PreparedDataset.load(cfg.data.path)
-        self.split = build_split(cfg, self.ds)
         torch.manual_seed(cfg.train.seed)
-        self.model = checkpoint.build_model(cfg, self.ds).to(device)
-        attach_loss(self.model, cfg, self.ds)
+        parts = run.assemble(cfg)
+        self.ds, self.split, self.model = parts.ds, parts.split, parts.model.to(device)
         self.train_module = distributed.wrap(self.model, self.dist, device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.state = TrainState()

@@ -43,11 +43,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from t2diff.checkpoint import build_from_checkpoint
     from t2diff.data.batching import iterate_batches
     from t2diff.diagnostics import diffusion_cosine_trace, parse_xhat_source, write_trace, xhat_source_metrics
     from t2diff.models.t2diff import T2Diff
-    from t2diff.train import build_split
+    from t2diff.run import build_from_checkpoint, build_split
 
     if args.users < 1:
         return fail(f"--users must be >= 1, got {args.users}")

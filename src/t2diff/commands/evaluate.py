@@ -24,10 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from t2diff.checkpoint import build_from_checkpoint
     from t2diff.evaluate import evaluate
     from t2diff.metrics import TIE_RULE
-    from t2diff.train import build_split
+    from t2diff.run import build_from_checkpoint, build_split
 
     path = Path(args.checkpoint)
     try:

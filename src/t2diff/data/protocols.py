@@ -60,6 +60,14 @@ class Split:
         return Examples(users.astype(np.int64), pos)
 
 
+    def train_item_counts(self, ds: PreparedDataset) -> np.ndarray:
+        """[I+1] int64: how often each item id occurs in the part of the histories a model may train on
+        (the popularity of the samplers; held-out targets never count)."""
+        parts = [ds.history(int(u))[:lim] for u, lim in zip(self.train_users, self.train_limit, strict=True)]
+        flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return np.bincount(flat, minlength=ds.num_items + 1).astype(np.int64)
+
+
 def leave_one_out(ds: PreparedDataset) -> Split:
     """Chronological leave-one-out: last item test, second-last validation, the rest train."""
     lengths = ds.lengths

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
+from t2diff.losses import Objective, full_softmax_ce
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,21 @@ class SeqRecModel(nn.Module):
 
     Config: ClassVar[type]
     causal: ClassVar[bool] = False
+    PAPER_ROW: ClassVar[str | None] = None  # this model's method name in the paper's Table 2, if it has one
 
-    def __init__(self, cfg: Any, info: DataInfo) -> None:
+    @classmethod
+    def paper_row(cls, cfg: Any) -> str | None:
+        """The paper's Table 2 row (or ablation row) that the model config ``cfg`` (an instance of ``Config``)
+        reproduces; None for a configuration the paper does not have."""
+        return cls.PAPER_ROW
+
+    def __init__(self, cfg: Any, info: DataInfo, objective: Objective | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.info = info
-        # set by the trainer from train.loss (full softmax by default; see losses.py)
-        self.tower_loss_fn = None
+        # L_TOWER from the run's objective (train.loss): None = full softmax; a model rebuilt for inference
+        # needs none
+        self.tower_loss_fn = (objective or Objective()).build(info.num_items)
 
     def user_embeddings(self, batch: Batch) -> Tensor:  # [B, D]
         raise NotImplementedError
@@ -53,8 +62,6 @@ class SeqRecModel(nn.Module):
 
     def tower_loss(self, user_vecs: Tensor, targets: Tensor) -> Tensor:
         """L_TOWER: softmax cross-entropy of ``user_vecs`` [N, D] against ``targets`` [N] (> 0)."""
-        from t2diff.losses import full_softmax_ce
-
         if self.tower_loss_fn is not None:
             return self.tower_loss_fn(user_vecs, targets, self.item_embeddings())
         return full_softmax_ce(user_vecs, self.item_embeddings(), targets)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
+from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
 from t2diff.models.layers import TransformerBlock, attention_mask
 
@@ -47,8 +48,8 @@ class BERT4Rec(SeqRecModel):
     Config = BERT4RecConfig
     causal = False
 
-    def __init__(self, cfg: BERT4RecConfig, info: DataInfo) -> None:
-        super().__init__(cfg, info)
+    def __init__(self, cfg: BERT4RecConfig, info: DataInfo, objective: Objective | None = None) -> None:
+        super().__init__(cfg, info, objective)
         d = cfg.hidden
         self.mask_id = info.num_items + 1
         self.item_emb = nn.Embedding(info.num_items + 2, d, padding_idx=0)  # last row: [MASK]

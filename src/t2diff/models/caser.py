@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
+from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
 
 
@@ -43,8 +44,8 @@ class Caser(SeqRecModel):
     Config = CaserConfig
     causal = False
 
-    def __init__(self, cfg: CaserConfig, info: DataInfo) -> None:
-        super().__init__(cfg, info)
+    def __init__(self, cfg: CaserConfig, info: DataInfo, objective: Objective | None = None) -> None:
+        super().__init__(cfg, info, objective)
         d, w = cfg.hidden, cfg.window
         if w < 1:
             raise ValueError(f"caser: window must be >= 1, got {w}")

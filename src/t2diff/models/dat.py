@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
+from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
 from t2diff.models.layers import SideFeatures
 
@@ -67,8 +68,8 @@ class DAT(SideFeatures, SeqRecModel):
     Config = DATConfig
     causal = False
 
-    def __init__(self, cfg: DATConfig, info: DataInfo) -> None:
-        super().__init__(cfg, info)
+    def __init__(self, cfg: DATConfig, info: DataInfo, objective: Objective | None = None) -> None:
+        super().__init__(cfg, info, objective)
         e, d = cfg.embedding, cfg.out_dim
         self.item_emb = nn.Embedding(info.num_items + 1, e, padding_idx=0)
         self.init_side_features(info, e, cfg.use_item_features)

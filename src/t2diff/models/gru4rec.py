@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from t2diff.batch import Batch
+from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
 
 
@@ -47,8 +48,8 @@ class GRU4Rec(SeqRecModel):
     Config = GRU4RecConfig
     causal = True
 
-    def __init__(self, cfg: GRU4RecConfig, info: DataInfo) -> None:
-        super().__init__(cfg, info)
+    def __init__(self, cfg: GRU4RecConfig, info: DataInfo, objective: Objective | None = None) -> None:
+        super().__init__(cfg, info, objective)
         e = cfg.embedding
         self.item_emb = nn.Embedding(info.num_items + 1, e, padding_idx=0)
         self.emb_drop = nn.Dropout(cfg.dropout)

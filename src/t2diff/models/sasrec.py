@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
+from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
 from t2diff.models.layers import TransformerBlock, attention_mask
 
@@ -29,8 +30,8 @@ class SASRec(SeqRecModel):
     Config = SASRecConfig
     causal = True
 
-    def __init__(self, cfg: SASRecConfig, info: DataInfo) -> None:
-        super().__init__(cfg, info)
+    def __init__(self, cfg: SASRecConfig, info: DataInfo, objective: Objective | None = None) -> None:
+        super().__init__(cfg, info, objective)
         d = cfg.hidden
         self.item_emb = nn.Embedding(info.num_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(info.max_len, d)

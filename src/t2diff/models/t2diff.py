@@ -28,6 +28,7 @@ from t2diff.batch import Batch
 from t2diff.data.sessions import session_mask
 from t2diff.diffusion.keyed_noise import keyed_normal, row_keys
 from t2diff.diffusion.schedule import REVERSE_NOISE, SCHEDULES, NoiseSchedule
+from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
 from t2diff.models.layers import SideFeatures, TransformerBlock
 from t2diff.models.unet1d import PADDING_MODES, TIME_EMBS, UNet1D
@@ -122,8 +123,8 @@ class T2Diff(SideFeatures, SeqRecModel):
     Config = T2DiffConfig
     causal = False
 
-    def __init__(self, cfg: T2DiffConfig, info: DataInfo) -> None:
-        super().__init__(cfg, info)
+    def __init__(self, cfg: T2DiffConfig, info: DataInfo, objective: Objective | None = None) -> None:
+        super().__init__(cfg, info, objective)
         cfg.validate()
         d = cfg.hidden
         self.item_emb = nn.Embedding(info.num_items + 1, d, padding_idx=0)

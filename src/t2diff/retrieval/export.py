@@ -43,7 +43,7 @@ class ExportError(ValueError):
 def load_tower(checkpoint: str | Path, data_path: str | None = None) -> tuple[UserTower, Path, str]:
     """(tower, checkpoint file, its sha256). Hashes before and after loading: a run still training may
     rewrite best.pt in between, and an export must describe the weights it holds."""
-    from t2diff.checkpoint import build_from_checkpoint
+    from t2diff.run import build_from_checkpoint
 
     ck = resolve(checkpoint)  # the checkpoint the run directory's last.pt records
     sha = sha256(ck)
@@ -55,7 +55,7 @@ def load_tower(checkpoint: str | Path, data_path: str | None = None) -> tuple[Us
 
 def _test_examples(tower: UserTower, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(users, positions) of a seeded sample of <= n of the run's protocol test examples."""
-    from t2diff.train import build_split
+    from t2diff.run import build_split
 
     ex = build_split(tower.cfg, tower.ds).test
     idx = np.arange(len(ex))
