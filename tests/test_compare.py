@@ -2,18 +2,21 @@
 paper's rows, forced shared settings, and a disagreeing data.path as an error."""
 
 import csv
+import re
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from t2diff.cli import main
-from t2diff.compare import CompareOptions, paper_table2, resolve_entries
-from t2diff.config import ConfigError
+from t2diff.compare import CompareOptions, ModelResult, Report, paper_table2, resolve_entries
+from t2diff.config import ConfigError, experiment_from_dict
 from t2diff.models.base import count_parameters
 from t2diff.run import build_from_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ml-1m"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "compare"  # written by compare.py before its split
 TINY = ["train.epochs=1", "data.max_len=12", "train.batch_size=32", "eval.ks=[2,20]", "train.threads=1"]
 
 
@@ -147,3 +150,62 @@ def test_paper_rows_follow_t2diff_ablation_switches():
     assert paper_method({"name": "t2diff", "kl_positions": "last"}) is None  # ours, not in the paper
     assert paper_method({"name": "dat"}) == "DAT+" and paper_method({"name": "mine"}) is None
     assert {"Mixed-attention", "W/O DP", "T2Diff"} <= set(paper_table2("ml-1m"))
+
+
+def _fixed_reports() -> dict[str, Report]:
+    """Two reports covering every branch of the writers: paper protocol with Table 2 rows, max over epochs,
+    a resumed run, NaN timing, a variant without a paper row; loo, KuaiRand columns, in progress, a missing run."""
+    paper_cfg = experiment_from_dict({"data": {"path": "cache/ml-1m", "protocol": "paper", "max_len": 12},
+                                      "eval": {"ks": [2, 20]}})
+    r_paper = [
+        ModelResult("sasrec", "sasrec", "configs/ml-1m/sasrec-paper.yaml",
+                    {"recall@2": 0.071234567, "recall@20": 0.25, "mrr@2": 0.0601, "mrr@20": 0.08123456789,
+                     "ndcg@2": 0.065, "ndcg@20": 0.12}, "test @ last epoch (3)", 3, 1234567, 12.345, 20.0,
+                    0.123456, {"recall@2": 0.08, "recall@20": 0.26, "mrr@2": 0.07, "mrr@20": 0.09, "ndcg@2": 0.07,
+                               "ndcg@20": 0.13}, paper_method="SASRec"),
+        ModelResult("t2diff", "t2diff", "configs/ml-1m/t2diff-paper.yaml",
+                    {"recall@2": 0.07, "recall@20": 0.27, "mrr@2": 0.06, "mrr@20": 0.087}, "test @ last epoch (2)", 2,
+                    42, 1.0, None, float("nan"), None, skipped=True, paper_method="T2Diff"),
+        ModelResult("t2diff-mixed", "t2diff", "cfg/t2diff-mixed.yaml", {"recall@2": 1.0, "recall@20": 0.5}, "x", 1,
+                    7, 0.0, 0.01, 2.5, {"recall@2": 1.0}, paper_method="Mixed-attention"),
+        ModelResult("t2diff-last", "t2diff", "cfg/t2diff-last.yaml", {"recall@2": 0.1}, "y", 1, 8, 0.5, 0.75,
+                    0.001, None, paper_method=None),
+    ]
+    paper_opts = CompareOptions(out=Path("cmp-paper"), models=["sasrec", "t2diff"], protocol="paper",
+                                overrides=["train.epochs=3", "sasrec:train.lr=0.01", "t2diff:model.drift=false"],
+                                paper=True, paper_dataset="ml-1m", max_over_epochs=True, resume=True,
+                                device="cuda")
+    loo_cfg = experiment_from_dict({"data": {"path": "cache/kuairand"}, "eval": {"ks": [10, 100]}})
+    r_loo = [ModelResult("gru4rec", "gru4rec", "configs/kuairand/gru4rec.yaml",
+                         {"recall@10": 0.01, "recall@100": 0.05, "mrr@10": 0.004, "mrr@100": 0.0055, "ndcg@10": 0.006,
+                          "ndcg@100": 0.0123}, "test @ epoch 4 (selected on valid ndcg@10)", 9, 99, 3.21, 4.56,
+                         0.05, paper_method="GRU4Rec")]
+    loo_opts = CompareOptions(out=Path("cmp-loo"), configs=[Path("configs/kuairand/gru4rec.yaml"),
+                                                            Path("configs/kuairand/dat.yaml")],
+                              paper=True, paper_dataset="kuairand", only=[], no_train=True, progress=False,
+                              command="t2diff compare --configs a.yaml b.yaml", infer_batch=64, infer_repeats=3)
+    return {
+        "paper": Report("ml-1m", paper_cfg, r_paper, paper_table2("ml-1m"), ["caser: data.max_len 20 -> 12 (forced)"],
+                        paper_opts, time.perf_counter(), 1234, "ml-1m", finished=True),
+        "loo": Report("kuairand", loo_cfg, r_loo, paper_table2("kuairand"), [], loo_opts, time.perf_counter(), 56,
+                      "kuairand", missing=["dat"]),
+    }
+
+
+def _mask(md: str) -> str:
+    """The report's clock and machine spans, which no fixture can hold."""
+    md = re.sub(r"wall time (of this invocation|so far)(.*?): [\d.]+ min; written \d{4}-\d\d-\d\d \d\d:\d\d UTC",
+                r"wall time \1\2: <min> min; written <date>", md)
+    return re.sub(r"- machine: .+, \d+ CPU\(s\), torch .+, \d+ torch thread\(s\), device",
+                  "- machine: <machine>, <n> CPU(s), torch <version>, <n> torch thread(s), device", md)
+
+
+def test_report_files_match_the_fixtures_byte_for_byte(tmp_path, monkeypatch):
+    """compare.md / compare.csv of a fixed list of results, as the writers produced them before compare was split
+    into a package (tests/fixtures/compare); the Markdown's clock and machine spans are masked."""
+    monkeypatch.chdir(tmp_path)  # the reports' --out folders are relative: they are printed in the Markdown
+    for name, report in _fixed_reports().items():
+        report.write()
+        assert (report.opts.out / "compare.csv").read_bytes() == (FIXTURES / f"{name}.csv").read_bytes(), name
+        md = _mask((report.opts.out / "compare.md").read_bytes().decode())
+        assert md.encode() == (FIXTURES / f"{name}.md").read_bytes(), name

@@ -17,6 +17,7 @@ COMMANDS: list[str] = [
     "export",
     "retrieve",
     "serve",
+    "upgrade_checkpoint",
 ]
 
 

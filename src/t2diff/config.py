@@ -11,19 +11,43 @@ from typing import Any
 
 import yaml
 
+from t2diff.data.protocols import PROTOCOLS
+from t2diff.losses import LOSSES, SAMPLERS
+from t2diff.metrics import METRICS
+
 
 class ConfigError(ValueError):
     pass
 
 
+def choice(default: Any, choices: tuple[Any, ...]) -> Any:
+    """A field whose value must be one of ``choices`` (checked by ``from_dict`` at load, naming the key)."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def _metric_problem(value: str) -> str | None:
+    name, _, k = value.partition("@")
+    if name not in METRICS or not k.isdigit() or int(k) < 1:
+        return f"{value!r} is not a metric such as ndcg@10 (metrics: {', '.join(METRICS)}; K >= 1)"
+    return None
+
+
 @dataclass
 class DataConfig:
     path: str = "cache/ml-1m"  # a prepared dataset (``t2diff prepare`` output)
-    protocol: str = "loo"  # loo | paper
+    protocol: str = choice("loo", PROTOCOLS)
     max_len: int = 50  # history length L fed to the user tower
     split_seed: int = 42  # paper: the train/test user split and the target positions
     test_frac: float = 0.2  # paper: share of test users
     train_targets: int = 10  # paper: target positions per train user; loo: per user per epoch (non-causal)
+
+    def validate_config(self, where: str) -> None:
+        if self.max_len < 1:
+            raise ConfigError(f"{where}.max_len: must be >= 1, got {self.max_len}")
+        if not 0 < self.test_frac < 1:
+            raise ConfigError(f"{where}.test_frac: must be in (0, 1), got {self.test_frac}")
+        if self.train_targets < 1:
+            raise ConfigError(f"{where}.train_targets: must be >= 1, got {self.train_targets}")
 
 
 @dataclass
@@ -35,15 +59,28 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     seed: int = 2025
     patience: int = 10  # epochs without validation improvement before stopping (loo)
-    select_metric: str = "ndcg@10"  # validation metric for model selection (loo)
-    loss: str = "full"  # full | sampled (sampled softmax with logQ correction)
+    select_metric: str = field(default="ndcg@10", metadata={"check": _metric_problem})  # model selection (loo)
+    loss: str = choice("full", LOSSES)  # sampled: sampled softmax with logQ correction
     num_negatives: int = 1024  # sampled softmax
-    negative_sampler: str = "popularity"  # uniform | popularity | in_batch | mixed
+    negative_sampler: str = choice("popularity", SAMPLERS)
     # causal models: a loss at every position of each window (None = auto: yes when the protocol's windows
     # cover each target once (loo), no when it fixes the target positions (paper: the loss is on those only))
     all_positions: bool | None = None
     threads: int | None = None  # torch intra-op threads; None = torch default
     report_max_over_epochs: bool = False  # paper: also report the authors' max-over-epochs test number
+
+    def validate_config(self, where: str) -> None:
+        for key in ("epochs", "batch_size", "patience"):
+            if getattr(self, key) < (0 if key == "epochs" else 1):
+                raise ConfigError(f"{where}.{key}: must be >= {0 if key == 'epochs' else 1}, "
+                                  f"got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ConfigError(f"{where}.lr: must be > 0, got {self.lr}")
+        if self.loss == "sampled" and self.negative_sampler != "in_batch" and self.num_negatives < 1:
+            raise ConfigError(f"{where}.num_negatives: sampler {self.negative_sampler!r} needs >= 1, "
+                              f"got {self.num_negatives}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"{where}.threads: must be >= 1 (or null), got {self.threads}")
 
 
 @dataclass
@@ -51,6 +88,12 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20])
     batch_size: int = 512
     mask_seen: bool = False  # off, as in the paper
+
+    def validate_config(self, where: str) -> None:
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError(f"{where}.ks: needs cut-offs >= 1, got {self.ks}")
+        if self.batch_size < 1:
+            raise ConfigError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -115,7 +158,23 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "config") -> 
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    for f in fields(cls):
+        if f.name not in kwargs:
+            continue
+        v = kwargs[f.name]
+        if "choices" in f.metadata and v not in f.metadata["choices"]:
+            raise ConfigError(f"{where}.{f.name}: {v!r} is not one of {', '.join(map(str, f.metadata['choices']))}")
+        if "check" in f.metadata and (msg := f.metadata["check"](v)) is not None:
+            raise ConfigError(f"{where}.{f.name}: {msg}")
+    try:
+        obj = cls(**kwargs)
+    except (ValueError, TypeError) as e:  # a dataclass's own __post_init__ rule
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{where}: {e}") from None
+    if hasattr(obj, "validate_config"):  # cross-field rules, with the dotted key in the message
+        obj.validate_config(where)
+    return obj
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -138,13 +197,42 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} not found")
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: sections merge key by key, any other value in ``over`` replaces the base's."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config with ``base:`` inheritance: ``base: sasrec.yaml`` (relative to this file, or a list of
+    files merged in order) is read first and this file's keys are merged over it, so a derived file states
+    only what differs. ``model.name`` changing resets nothing: set every model key the new model needs."""
+    p = Path(path).resolve()
+    if not p.exists():
+        raise ConfigError(f"config file {path} not found")
+    if p in _seen:
+        raise ConfigError(f"config file {p}: 'base:' inheritance loops ({' -> '.join(map(str, (*_seen, p)))})")
+    try:
         raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p}: expected a mapping at the top level")
+    bases = raw.pop("base", None)
+    if bases is None:
+        return raw
+    merged: dict[str, Any] = {}
+    for b in [bases] if isinstance(bases, str) else bases or []:
+        if not isinstance(b, str):
+            raise ConfigError(f"config file {p}: base must be a file name or a list of them, got {b!r}")
+        merged = _merge(merged, read_yaml(p.parent / b, (*_seen, p)))
+    return _merge(merged, raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    raw: dict[str, Any] = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
     return experiment_from_dict(raw)
 
@@ -155,8 +243,6 @@ def experiment_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
         raw["model"] = {"name": "sasrec", **raw["model"]}
     cfg = from_dict(ExperimentConfig, raw)
     model_config(cfg)  # validate the model section now, not after data loading
-    if cfg.data.protocol not in ("loo", "paper"):
-        raise ConfigError(f"data.protocol: unknown protocol {cfg.data.protocol!r}; choose loo or paper")
     return cfg
 
 
@@ -172,4 +258,7 @@ def model_config(cfg: ExperimentConfig) -> Any:
         cls = get_model_class(name)
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from None
-    return from_dict(cls.Config, section, f"model ({name})")
+    upgrade = getattr(cls, "upgrade_config", None)
+    if upgrade is not None:  # a model whose config layout changed maps its legacy keys (old YAML, checkpoints)
+        section = upgrade(section)
+    return from_dict(cls.Config, section, "model")

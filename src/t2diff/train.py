@@ -59,6 +59,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         parts = run.assemble(cfg)
         self.ds, self.split, self.model = parts.ds, parts.split, parts.model.to(device)
+        self.data_record = run.checkpoint_data(parts.ds, parts.info)  # makes every checkpoint self-contained
         self.train_module = distributed.wrap(self.model, self.dist, device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.state = TrainState()
@@ -72,7 +73,8 @@ class Trainer:
             self.dist.barrier()
             return
         obj: dict[str, Any] = {"config": self.cfg.to_dict(), "model_state": self.model.state_dict(),
-                               "epoch": self.state.epoch, "state": self.state.__dict__.copy()}
+                               "epoch": self.state.epoch, "state": self.state.__dict__.copy(),
+                               "data": self.data_record}
         if with_optimizer:
             obj["optimizer_state"] = self.opt.state_dict()
         checkpoint.save_atomic(obj, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from t2diff.commands.common import dump, fail
@@ -54,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     filt = FilterSpec(args.min_user_interactions, args.min_item_interactions, args.min_rating)
     try:
         inter = load_source(spec)
-        extra = {"reader": {"filters": args.filters} if args.dataset == "kuairand" else {}}
+        # the recipe (absolute paths) lets a checkpoint's dataset be rebuilt if the cache is deleted
+        extra = {"reader": {"filters": args.filters} if args.dataset == "kuairand" else {},
+                 "recipe": {"source": spec.recipe(), "filters": asdict(filt)}}
         if args.allow_fractional_ratings:  # only when set, so the default caches' meta stays as it was
             extra["reader"]["allow_fractional_ratings"] = True
         meta = prepare(inter, Path(args.out or f"cache/{args.dataset}"), filt, args.dataset, extra)

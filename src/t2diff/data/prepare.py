@@ -142,3 +142,23 @@ def _write_features(out_dir: Path, item_ids: np.ndarray, feats: dict[str, list[s
     (out_dir / "feature_vocab.txt").write_text("<pad>\n" + "".join(t + "\n" for t in vocab))
     covered = sum(1 for t in per_item if t)
     return {"num_tokens": len(vocab) + 1, "width": width, "items_with_features": covered}
+
+
+def rebuild(meta: dict, out_dir: Path) -> dict:
+    """Re-prepare a deleted cache from the recipe its meta.json recorded (``t2diff prepare`` writes one) and
+    check that the result is the same dataset: the same meta, hence the same source files (sha256), filters
+    and counts. Returns the new meta."""
+    from t2diff.data.sources import SourceSpec, load_source
+
+    recipe = meta.get("recipe")
+    if not recipe:
+        raise DataError(f"{out_dir}: the prepared dataset is gone and its meta records no recipe to rebuild it "
+                        "(it was not made by `t2diff prepare`); prepare it again and pass its folder")
+    extra = {k: meta[k] for k in ("reader", "recipe") if k in meta}
+    new = prepare(load_source(SourceSpec.from_recipe(recipe["source"])), out_dir, FilterSpec(**recipe["filters"]),
+                  meta["dataset"], extra)
+    if new != meta:
+        diff = sorted(k for k in set(new) | set(meta) if new.get(k) != meta.get(k))
+        raise DataError(f"{out_dir}: rebuilt from its recipe, but the result differs from the recorded dataset in "
+                        f"{diff} (the source files changed?)")
+    return new

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from t2diff.data import kuairand, movielens
@@ -36,6 +36,25 @@ class SourceSpec:
     item_features: str | None = None  # explicit side-feature file (movies.dat / video_features_basic_*.csv)
     features: bool = True  # read the dataset's side features when present
     allow_fractional_ratings: bool = False  # ratings need not be whole stars (MovieLens 10M's half stars)
+
+
+    def recipe(self) -> dict:
+        """This spec as plain data with absolute paths, recorded in the cache's meta.json so the cache can be
+        rebuilt later from the same files (``t2diff.data.prepare.rebuild``)."""
+        d = asdict(self)
+        try:
+            d["data_dir"] = str(resolve_data_dir(self.data_dir).resolve())
+        except DataError:
+            d["data_dir"] = None
+        d["inputs"] = [str(Path(x).expanduser().resolve()) if Path(x).expanduser().exists() else x
+                       for x in self.inputs]
+        if self.item_features:
+            d["item_features"] = str(Path(self.item_features).expanduser().resolve())
+        return d
+
+    @staticmethod
+    def from_recipe(d: dict) -> SourceSpec:
+        return SourceSpec(**{**d, "columns": ColumnSpec(**d["columns"])})
 
 
 def resolve_data_dir(data_dir: str | None) -> Path:

@@ -46,6 +46,7 @@ class BERT4RecConfig:
 
 class BERT4Rec(SeqRecModel):
     Config = BERT4RecConfig
+    PAPER_ROW = "Bert4Rec"
     causal = False
 
     def __init__(self, cfg: BERT4RecConfig, info: DataInfo, objective: Objective | None = None) -> None:

@@ -42,6 +42,7 @@ class CaserConfig:
 
 class Caser(SeqRecModel):
     Config = CaserConfig
+    PAPER_ROW = "Caser"
     causal = False
 
     def __init__(self, cfg: CaserConfig, info: DataInfo, objective: Objective | None = None) -> None:

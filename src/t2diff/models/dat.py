@@ -66,6 +66,7 @@ def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
 
 class DAT(SideFeatures, SeqRecModel):
     Config = DATConfig
+    PAPER_ROW = "DAT+"
     causal = False
 
     def __init__(self, cfg: DATConfig, info: DataInfo, objective: Objective | None = None) -> None:

@@ -46,6 +46,7 @@ def _roll_rows(x: Tensor, shift: Tensor) -> Tensor:
 
 class GRU4Rec(SeqRecModel):
     Config = GRU4RecConfig
+    PAPER_ROW = "GRU4Rec"
     causal = True
 
     def __init__(self, cfg: GRU4RecConfig, info: DataInfo, objective: Objective | None = None) -> None:

@@ -28,6 +28,7 @@ class SASRecConfig:
 
 class SASRec(SeqRecModel):
     Config = SASRecConfig
+    PAPER_ROW = "SASRec"
     causal = True
 
     def __init__(self, cfg: SASRecConfig, info: DataInfo, objective: Objective | None = None) -> None:

@@ -1,0 +1,67 @@
+"""Config loading: types, allowed values and cross-field rules checked at load (naming the dotted key), and
+``base:`` inheritance of YAML files. No data, no model training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from t2diff.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("data.protocol=kfold", "data.protocol: 'kfold' is not one of loo, paper"),
+    ("train.loss=hinge", "train.loss: 'hinge' is not one of full, sampled"),
+    ("train.negative_sampler=hard", "train.negative_sampler: 'hard' is not one of uniform, popularity"),
+    ("train.select_metric=ndcg", "train.select_metric: 'ndcg' is not a metric such as ndcg@10"),
+    ("train.select_metric=auc@10", "train.select_metric: 'auc@10' is not a metric"),
+    ("train.select_metric=ndcg@0", "K >= 1"),
+    ("train.lr=0", "train.lr: must be > 0"),
+    ("train.batch_size=0", "train.batch_size: must be >= 1"),
+    ("train.threads=0", "train.threads: must be >= 1"),
+    ("data.max_len=0", "data.max_len: must be >= 1"),
+    ("data.test_frac=1.5", "data.test_frac: must be in (0, 1)"),
+    ("eval.ks=[]", "eval.ks: needs cut-offs >= 1"),
+    ("eval.ks=[10,0]", "eval.ks: needs cut-offs >= 1"),
+    ("train.epochs=ten", "train.epochs: expected int, got 'ten'"),
+    ("train.lrr=0.1", "train: unknown key(s) ['lrr']"),
+    ("model.name=sasrek", "unknown model 'sasrek'"),
+    ("model.hiden=8", "model: unknown key(s) ['hiden']"),
+])
+def test_bad_values_are_rejected_at_load(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert needle in str(e.value)
+
+
+def test_good_values_load():
+    cfg = load_config(None, ["train.loss=sampled", "train.negative_sampler=in_batch", "train.num_negatives=0",
+                             "train.select_metric=recall@20", "data.protocol=paper", "train.lr=1e-3"])
+    assert cfg.train.loss == "sampled" and cfg.train.select_metric == "recall@20" and cfg.train.lr == 1e-3
+
+
+def test_base_inheritance(tmp_path):
+    (tmp_path / "a.yaml").write_text("data: {max_len: 20, protocol: paper}\nmodel: {name: sasrec, hidden: 32}\n"
+                                     "train: {epochs: 3, lr: 0.01}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nmodel: {hidden: 16}\ntrain: {epochs: 5}\n")
+    (tmp_path / "c.yaml").write_text("base: [a.yaml, b.yaml]\neval: {ks: [1, 2]}\n")
+    b = load_config(tmp_path / "b.yaml", ["train.lr=0.5"])
+    assert (b.data.max_len, b.data.protocol, b.model["hidden"], b.train.epochs, b.train.lr) == (20, "paper", 16, 5, 0.5)
+    c = load_config(tmp_path / "c.yaml")
+    assert c.model["hidden"] == 16 and c.eval.ks == [1, 2]
+    (tmp_path / "loop1.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop1.yaml\n")
+    with pytest.raises(ConfigError, match="inheritance loops"):
+        load_config(tmp_path / "loop1.yaml")
+    (tmp_path / "d.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml not found"):
+        load_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.model["name"]
