@@ -3,13 +3,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from t2diff.config import ConfigError, load_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(("override", "needle"), [
@@ -23,7 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
     ("train.batch_size=0", "train.batch_size: must be >= 1"),
     ("train.threads=0", "train.threads: must be >= 1"),
     ("data.max_len=0", "data.max_len: must be >= 1"),
-    ("data.test_frac=1.5", "data.test_frac: must be in (0, 1)"),
+    ("data.paper.test_frac=1.5", "data.paper.test_frac: must be in (0, 1)"),
+    ("data.test_frac=1.5", "data.paper.test_frac: must be in (0, 1)"),  # the legacy flat key
+    ("data.loo.train_targets=0", "data.loo.train_targets: must be >= 1"),
+    ("data.paper.seed=1", "data.paper: unknown key(s) ['seed']"),
     ("eval.ks=[]", "eval.ks: needs cut-offs >= 1"),
     ("eval.ks=[10,0]", "eval.ks: needs cut-offs >= 1"),
     ("train.epochs=ten", "train.epochs: expected int, got 'ten'"),
@@ -61,7 +60,10 @@ def test_base_inheritance(tmp_path):
         load_config(tmp_path / "d.yaml")
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
-def test_every_committed_config_loads(path):
-    cfg = load_config(path)
-    assert cfg.model["name"]
+def test_protocol_options_and_their_legacy_flat_keys():
+    new = load_config(None, ["data.protocol=paper", "data.paper.split_seed=7", "data.paper.train_targets=3",
+                             "data.loo.train_targets=4"])
+    assert new.data.options is new.data.paper and new.data.options.split_seed == 7
+    old = load_config(None, ["data.protocol=paper", "data.split_seed=7", "data.train_targets=3"])
+    assert old.data.paper.split_seed == 7 and old.data.paper.train_targets == 3 and old.data.loo.train_targets == 3
+    assert load_config(None, []).data.options is not None

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from t2diff.data.protocols import PROTOCOLS
+from t2diff.data.protocols import PROTOCOLS, LooOptions, PaperOptions
 from t2diff.losses import LOSSES, SAMPLERS
 from t2diff.metrics import METRICS
 
@@ -34,20 +34,37 @@ def _metric_problem(value: str) -> str | None:
 
 @dataclass
 class DataConfig:
+    """``data``: the prepared dataset, the history length, the protocol and, in a section named after each
+    protocol, that protocol's own options (``data.paper.split_seed``...; only the chosen one is used)."""
+
     path: str = "cache/ml-1m"  # a prepared dataset (``t2diff prepare`` output)
     protocol: str = choice("loo", PROTOCOLS)
     max_len: int = 50  # history length L fed to the user tower
-    split_seed: int = 42  # paper: the train/test user split and the target positions
-    test_frac: float = 0.2  # paper: share of test users
-    train_targets: int = 10  # paper: target positions per train user; loo: per user per epoch (non-causal)
+    loo: LooOptions = field(default_factory=LooOptions)
+    paper: PaperOptions = field(default_factory=PaperOptions)
+
+    @property
+    def options(self) -> LooOptions | PaperOptions:
+        return getattr(self, self.protocol)
+
+    @classmethod
+    def upgrade_config(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """Flat protocol keys of older configs and checkpoints -> their sections (train_targets meant both)."""
+        raw = dict(raw)
+        for key, sections in LEGACY_DATA_KEYS.items():
+            if key in raw:
+                value = raw.pop(key)
+                for sec in sections:
+                    raw[sec] = {key: value, **(raw.get(sec) or {})}
+        return raw
 
     def validate_config(self, where: str) -> None:
         if self.max_len < 1:
             raise ConfigError(f"{where}.max_len: must be >= 1, got {self.max_len}")
-        if not 0 < self.test_frac < 1:
-            raise ConfigError(f"{where}.test_frac: must be in (0, 1), got {self.test_frac}")
-        if self.train_targets < 1:
-            raise ConfigError(f"{where}.train_targets: must be >= 1, got {self.train_targets}")
+
+
+# data.<key> of older configs -> the protocol sections that now hold it
+LEGACY_DATA_KEYS = {"split_seed": ("paper",), "test_frac": ("paper",), "train_targets": ("loo", "paper")}
 
 
 @dataclass
@@ -152,6 +169,8 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "config") -> 
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    if hasattr(cls, "upgrade_config"):  # a section whose layout changed maps its legacy keys first
+        data = cls.upgrade_config(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
@@ -173,7 +192,10 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "config") -> 
             raise
         raise ConfigError(f"{where}: {e}") from None
     if hasattr(obj, "validate_config"):  # cross-field rules, with the dotted key in the message
-        obj.validate_config(where)
+        try:
+            obj.validate_config(where)
+        except ValueError as e:  # modules below config raise ValueError (they cannot import ConfigError)
+            raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from None
     return obj
 
 
@@ -262,3 +284,16 @@ def model_config(cfg: ExperimentConfig) -> Any:
     if upgrade is not None:  # a model whose config layout changed maps its legacy keys (old YAML, checkpoints)
         section = upgrade(section)
     return from_dict(cls.Config, section, "model")
+
+
+BUDGET_KEYS = ("epochs", "patience")  # train keys a resumed run may change, to extend it
+
+
+def same_run(saved: dict[str, Any], cfg: ExperimentConfig, ignore_budget: bool = True) -> bool:
+    """Whether a run saved with config ``saved`` (a checkpoint's or config.yaml's dict, of any layout version)
+    is the run ``cfg`` describes; by default the epoch budget and patience may differ."""
+    def norm(d: dict[str, Any]) -> dict[str, Any]:
+        if ignore_budget:
+            d = {**d, "train": {k: v for k, v in d["train"].items() if k not in BUDGET_KEYS}}
+        return d
+    return norm(experiment_from_dict(saved).to_dict()) == norm(cfg.to_dict())

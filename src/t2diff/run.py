@@ -35,10 +35,7 @@ def data_info(ds: PreparedDataset, cfg: ExperimentConfig) -> DataInfo:
 
 
 def build_split(cfg: ExperimentConfig, ds: PreparedDataset) -> Split:
-    if cfg.data.protocol == "paper":
-        return make_split(ds, "paper", seed=cfg.data.split_seed, test_frac=cfg.data.test_frac,
-                          history_cap=cfg.data.max_len, train_targets=cfg.data.train_targets)
-    return make_split(ds, cfg.data.protocol)
+    return make_split(ds, cfg.data.protocol, cfg.data.options, cfg.data.max_len)
 
 
 def objective(cfg: ExperimentConfig, ds: PreparedDataset | None = None, split: Split | None = None) -> Objective:

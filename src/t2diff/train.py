@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from t2diff import checkpoint, distributed, run
-from t2diff.config import ExperimentConfig
+from t2diff.config import ExperimentConfig, same_run
 from t2diff.data.batching import make_batch
 from t2diff.data.protocols import Examples
 from t2diff.evaluate import Ranking, rank_examples
@@ -35,12 +35,6 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _without_budget(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The config minus what may change on --resume: the epoch budget and the early-stopping patience."""
-    train = {k: v for k, v in cfg["train"].items() if k not in ("epochs", "patience")}
-    return {**cfg, "train": train}
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -100,7 +94,7 @@ class Trainer:
 
     def resume(self) -> None:
         ck = checkpoint.load(self.run_dir / "last.pt")
-        if _without_budget(ck["config"]) != _without_budget(self.cfg.to_dict()):
+        if not same_run(ck["config"], self.cfg):
             raise TrainingError(f"{self.run_dir / 'last.pt'} was written with another config; resume with the "
                                 "same config (only train.epochs and train.patience may change, to extend a run) "
                                 "or use a new --run-dir")
@@ -122,7 +116,7 @@ class Trainer:
         cfg = self.cfg
         rng = np.random.default_rng(_epoch_seed(cfg.train.seed, epoch))
         torch.manual_seed(_epoch_seed(cfg.train.seed, epoch))  # dropout etc.: resume-proof
-        ex = self.split.train_examples(rng, self.model.causal, cfg.data.max_len, cfg.data.train_targets)
+        ex = self.split.train_examples(rng, self.model.causal, cfg.data.max_len, cfg.data.options.train_targets)
         order = rng.permutation(len(ex))[distributed.shard(len(ex), self.dist)]
         users, pos = ex.users[order], ex.positions[order]
         self.model.train()

@@ -143,7 +143,8 @@ class Report:
             f"- {status}: {elapsed / 60:.1f} min; written "
             f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
             f"- shared settings: data.path `{d.path}`, protocol `{d.protocol}`"
-            + (f" (split_seed {d.split_seed}, test_frac {d.test_frac}, train_targets {d.train_targets})"
+            + (f" (split_seed {d.paper.split_seed}, test_frac {d.paper.test_frac}, "
+               f"train_targets {d.paper.train_targets})"
                if d.protocol == "paper" else "")
             + f", max_len {d.max_len}, train.seed {cfg.train.seed}, eval.ks {cfg.eval.ks}, "
             f"mask_seen {cfg.eval.mask_seen}; {self.num_test} test examples, full ranking over all items",

@@ -3,6 +3,7 @@ overrides, one data.path, the FORCED settings imposed on all, and unique run lab
 
 from __future__ import annotations
 
+import copy
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from t2diff.config import ConfigError, ExperimentConfig, load_config, parse_over
 # Settings that must be identical for the rows to be comparable: the first model's value (after overrides)
 # is imposed on the others. data.path is not in the list: a disagreement there is an error, never forced.
 FORCED: tuple[tuple[str, str], ...] = (
-    ("data", "protocol"), ("data", "split_seed"), ("data", "test_frac"), ("data", "train_targets"),
+    ("data", "protocol"), ("data", "loo"), ("data", "paper"),
     ("data", "max_len"), ("train", "seed"), ("eval", "ks"), ("eval", "mask_seen"),
 )
 
@@ -158,6 +159,6 @@ def _force_shared(entries: list[Entry]) -> list[str]:
         for e in entries[1:]:
             have = getattr(getattr(e.cfg, sec), key)
             if have != want:
-                setattr(getattr(e.cfg, sec), key, want)
+                setattr(getattr(e.cfg, sec), key, copy.deepcopy(want))  # never share a section object
                 notes.append(f"{e.name}: {sec}.{key} {have!r} -> {want!r} (forced equal to {ref.name}'s)")
     return notes

@@ -16,7 +16,7 @@ import yaml
 from t2diff.compare.paper import paper_row, paper_table2
 from t2diff.compare.report import ModelResult, Report
 from t2diff.compare.resolve import CompareOptions, Entry, resolve_entries
-from t2diff.config import ConfigError
+from t2diff.config import ConfigError, same_run
 from t2diff.data.batching import make_batch
 from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import Examples
@@ -49,12 +49,6 @@ def time_user_tower(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_l
     return 1000.0 * statistics.median(times) / n
 
 
-def _without_budget(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A config dict without train.epochs / train.patience: the settings a resumed run may change."""
-    train = {k: v for k, v in cfg.get("train", {}).items() if k not in ("epochs", "patience")}
-    return {**cfg, "train": train}
-
-
 def _history(run_dir: Path) -> list[dict[str, Any]]:
     f = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
@@ -80,10 +74,10 @@ def run_model(e: Entry, opts: CompareOptions, log: Callable[[str], None] = print
         return None
     if (opts.resume or opts.no_train) and done.exists():
         saved = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else None
-        if saved is None or _without_budget(saved) != _without_budget(cfg.to_dict()):
+        if saved is None or not same_run(saved, cfg):
             raise ConfigError(f"{run_dir} was trained with another config; remove it or use another --out")
         # same run with a larger train.epochs / patience: the Trainer extends it; otherwise reuse it as it is
-        skipped = saved == cfg.to_dict() or opts.no_train  # --no-train: as it is, never extended
+        skipped = same_run(saved, cfg, ignore_budget=False) or opts.no_train  # --no-train: as is, never extended
     if skipped:
         log(f"[{e.name}] {done} exists: reusing the finished run")
         if cfg.train.threads:

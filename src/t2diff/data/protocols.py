@@ -18,6 +18,35 @@ PROTOCOLS = ("loo", "paper")
 
 
 @dataclass
+class LooOptions:
+    """``data.loo``: chronological leave-one-out."""
+
+    train_targets: int = 10  # non-causal models: random target positions per user per epoch
+
+    def validate_config(self, where: str) -> None:
+        if self.train_targets < 1:
+            raise ValueError(f"{where}.train_targets: must be >= 1, got {self.train_targets}")
+
+
+@dataclass
+class PaperOptions:
+    """``data.paper``: the authors' protocol (random 80/20 users, fixed target positions)."""
+
+    split_seed: int = 42  # the train/test user split and the target positions
+    test_frac: float = 0.2  # share of test users
+    train_targets: int = 10  # target positions per train user
+
+    def validate_config(self, where: str) -> None:
+        if not 0 < self.test_frac < 1:
+            raise ValueError(f"{where}.test_frac: must be in (0, 1), got {self.test_frac}")
+        if self.train_targets < 1:
+            raise ValueError(f"{where}.train_targets: must be >= 1, got {self.train_targets}")
+
+
+PROTOCOL_OPTIONS: dict[str, type] = {"loo": LooOptions, "paper": PaperOptions}
+
+
+@dataclass
 class Examples:
     users: np.ndarray  # int64 [E] internal user ids (1-based)
     positions: np.ndarray  # int64 [E] index of the target in the user's history
@@ -114,9 +143,13 @@ def paper_split(ds: PreparedDataset, seed: int = 42, test_frac: float = 0.2, his
                  fixed_train=train, skipped_users=int((~ok).sum()))
 
 
-def make_split(ds: PreparedDataset, protocol: str, **kw: object) -> Split:
+def make_split(ds: PreparedDataset, protocol: str, options: object | None = None, max_len: int = 50) -> Split:
+    """The split of ``protocol`` with its options (a ``PROTOCOL_OPTIONS`` instance; None = defaults)."""
+    if protocol not in PROTOCOL_OPTIONS:
+        raise DataError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
+    opt = options if options is not None else PROTOCOL_OPTIONS[protocol]()
     if protocol == "loo":
         return leave_one_out(ds)
-    if protocol == "paper":
-        return paper_split(ds, **kw)  # type: ignore[arg-type]
-    raise DataError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
+    assert isinstance(opt, PaperOptions)
+    return paper_split(ds, seed=opt.split_seed, test_frac=opt.test_frac, history_cap=max_len,
+                       train_targets=opt.train_targets)
