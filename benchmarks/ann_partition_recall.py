@@ -10,13 +10,12 @@ and a scan's cost is proportional to the codes it reads, so it says which scan b
     .venv/bin/python benchmarks/ann_partition_recall.py                       # 1M x 64, nlist 256..4096
     .venv/bin/python benchmarks/ann_partition_recall.py --n 50000 --nlist 64,256 --out /tmp/part   # smoke run
 
-Writes ``<out>/<name>.json`` and ``.md``.
+Writes ``<out>/<name>.json`` and ``.md`` (with the command, commit and machine: t2diff.provenance).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 
 import faiss
 import numpy as np
+
+from t2diff.provenance import provenance, write_json, write_markdown
 
 
 def _ints(s: str) -> list[int]:
@@ -75,6 +76,7 @@ def partition_recall(items: np.ndarray, queries: np.ndarray, exact: np.ndarray, 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    prov = provenance(argv, __file__)  # before anything is written: the outputs are tracked files
     a = parse_args(argv)
     rng = np.random.default_rng(a.seed)
     items = rng.standard_normal((a.n, a.dim), dtype=np.float32)
@@ -91,24 +93,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for r in partition_recall(items, queries, exact, km.centroids, a.fractions, spill):
                 rows.append({"nlist": nlist, "spill": spill, **r})
         print(f"nlist={nlist}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-    args = sys.argv[1:] if argv is None else argv
     res = {"benchmark": "ann_partition",
-           "command": " ".join(["python benchmarks/ann_partition_recall.py", *args]),
            "setup": {"items": a.n, "dim": a.dim, "queries": a.queries, "k": a.k, "seed": a.seed,
-                     "data": "standard normal", "faiss": faiss.__version__, "date": time.strftime("%Y-%m-%d")},
+                     "data": "standard normal", "faiss": faiss.__version__},
            "results": rows}
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{a.name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_json(a.out / f"{a.name}.json", res, prov)
     md = to_markdown(res, a.fractions)
-    (a.out / f"{a.name}.md").write_text(md)
+    write_markdown(a.out / f"{a.name}.md", md, prov)
     print(md)
-    return res
+    return {"provenance": prov, **res}
 
 
 def to_markdown(res: dict[str, Any], fractions: list[float]) -> str:
     s, k = res["setup"], res["setup"]["k"]
     lines = ["# IVF partition recall (inner product): share of the true top-K in the probed lists", "",
-             f"`{res['command']}` on {s['date']}: {s['items']:,} x {s['dim']} {s['data']} items, {s['queries']} "
+             f"{s['items']:,} x {s['dim']} {s['data']} items, {s['queries']} "
              f"queries, K = {k}, faiss {s['faiss']}. Spherical k-means (as FAISS trains IVF for inner product); "
              "lists probed in order of inner product with the query until the share of stored codes is read. "
              "spill 2: each item stored in its two nearest lists (both copies count as read). "

@@ -4,7 +4,7 @@ Builds N random-normal item vectors (seeded) and Q random-normal queries, comput
 brute force, then for flat, IVF (several nprobe), HNSW (several efSearch) and IVF-PQ fast scan with exact
 re-ranking (several nprobe x refine) reports recall@K against it
 and the p50/p99 latency of one-query-at-a-time search, as a server does it. Writes
-``<out>/ann.json`` and ``<out>/ann.md``.
+``<out>/ann.json`` and ``<out>/ann.md`` (with the command, commit and machine: t2diff.provenance).
 
     nice -n 10 .venv/bin/python benchmarks/bench_ann.py            # 1M x 64, 1000 queries, K=100
     .venv/bin/python benchmarks/bench_ann.py --n 50000 --out /tmp/ann   # quick smoke run
@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from t2diff.provenance import provenance, write_json, write_markdown
 from t2diff.retrieval.index import IndexConfig, ItemIndex, index_report
 
 TARGET_P50_MS, TARGET_RECALL = 2.0, 0.95  # the serving target, at K = 100
@@ -105,6 +104,7 @@ def make_data(a: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    prov = provenance(argv, __file__)  # before anything is written: the outputs are tracked files
     a = parse_args(argv)
     kinds = a.kinds.split(",")
     load_start = round(os.getloadavg()[0], 2)
@@ -165,7 +165,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meeting = [r for r in rows if r["meets_target"]]
     result = {
         "benchmark": "ann",
-        "command": "python benchmarks/bench_ann.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "setup": {
             "items": a.n, "dim": a.dim, "queries": a.queries, "k": a.k, "seed": a.seed,
             "data": ("standard normal" if a.data == "normal" else
@@ -175,18 +174,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        "untimed warm-up queries; "
                        "cpu = the calling thread's CPU time, wall = elapsed time",
             "load_avg_1m_at_start": load_start, "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-            "faiss": faiss.__version__, "date": time.strftime("%Y-%m-%d"),
+            "faiss": faiss.__version__,
         },
         "target": {"p50_ms": TARGET_P50_MS, f"recall@{a.k}": TARGET_RECALL, "met_by": [
             {"kind": r["kind"], **r["params"]} for r in meeting]},
         "results": rows,
     }
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{a.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (a.out / f"{a.name}.md").write_text(to_markdown(result))
+    write_json(a.out / f"{a.name}.json", result, prov)
+    write_markdown(a.out / f"{a.name}.md", to_markdown(result), prov)
     print(to_markdown(result))
-    return result
+    return {"provenance": prov, **result}
 
 
 def to_markdown(res: dict[str, Any]) -> str:
@@ -194,8 +191,8 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines = [
         "# ANN benchmark (inner product, single-query latency)",
         "",
-        f"`{res['command']}` on {s['date']}: {s['items']:,} x {s['dim']} {s['data']}; {s['queries']} queries; "
-        f"faiss {s['faiss']}, {s['cpu_count']} CPUs ({s['machine']}), build threads {s['build_threads']}, "
+        f"{s['items']:,} x {s['dim']} {s['data']}; {s['queries']} queries; "
+        f"faiss {s['faiss']}, build threads {s['build_threads']}, "
         f"search threads {s['search_threads']}. Latency: {s['latency']}. Recall@{k} against exact flat search.",
         "",
         f"| index | params | recall@{k} | cpu p50 ms | cpu p99 ms | wall p50 ms | wall p99 ms | build s "

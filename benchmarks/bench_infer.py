@@ -14,13 +14,12 @@ median per model is reported, with the ratios to SASRec and to T = 50 next to th
 On a GPU (``--device cuda``) each call is synchronised and the headline is wall time (process CPU time would
 only count the kernel launches); the files are then named infer_cuda.{json,md}.
 
-Writes benchmarks/results/infer.json and infer.md.
+Writes benchmarks/results/infer.json and infer.md (with the command, commit and machine: t2diff.provenance).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -32,6 +31,7 @@ import torch
 from t2diff.batch import Batch
 from t2diff.config import load_config, model_config
 from t2diff.models.base import DataInfo, SeqRecModel, count_parameters
+from t2diff.provenance import provenance, write_json, write_markdown
 from t2diff.registry import get_model_class
 
 NUM_ITEMS, MAX_LEN, FEAT_WIDTH, FEAT_TOKENS = 3706, 50, 6, 19  # ML-1M as prepared (cache/ml-1m/meta.json)
@@ -61,7 +61,8 @@ def make_batch(b: int) -> Batch:
                  target_time=zeros, user=zeros)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    prov = provenance(argv, __file__)  # before anything is written: the outputs are tracked files
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
@@ -69,7 +70,7 @@ def main() -> None:
     ap.add_argument("--unet-channel-mult", type=int, default=2, help="2: the authors' U-Net (our frozen config)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (GPU: synchronised wall time is the headline)")
     ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = ml1m_info()
     unet = f"model.unet_channel_mult={args.unet_channel_mult}"
@@ -124,19 +125,16 @@ def main() -> None:
             "statistic": "median over repeats of " + ("synchronised wall time" if gpu else "process CPU time")
                          + " (ms_per_sample) and of wall time",
             "unet_channel_mult": args.unet_channel_mult,
-            "command": f"python benchmarks/bench_infer.py --batch-size {args.batch_size} --repeats {args.repeats} "
-                       f"--threads {args.threads} --unet-channel-mult {args.unet_channel_mult} --device {args.device}",
             "paper": "Table 4 / Table 2 'Infer Time' (ms per sample on Tesla T4 GPUs; batch size not stated)"}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "infer_cuda" if gpu else "infer"
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_json(out / f"{stem}.json", {"meta": meta, "rows": rows}, prov)
     where = (f"on {machine}, synchronised wall time" if gpu else
              f"{args.threads} CPU thread(s), process CPU time; 'wall' is the elapsed time")
-    md = [f"User-tower inference, ms per sample (batch {args.batch_size}, history {MAX_LEN}, {NUM_ITEMS} items, "
+    md = ["# User-tower inference time (paper Table 4)", "",
+          f"User-tower inference, ms per sample (batch {args.batch_size}, history {MAX_LEN}, {NUM_ITEMS} items, "
           f"{where}, median of {args.repeats} interleaved repeats; U-Net channel mult "
           f"{args.unet_channel_mult}). Paper: Tesla T4 GPUs.", "",
-          f"Command: `{meta['command']}`", "",
           "| model | params | ms/sample | wall ms | / SASRec | / T=50 | paper ms | paper / SASRec "
           "| paper / T=50 |",
           "|---" * 9 + "|"]
@@ -144,7 +142,7 @@ def main() -> None:
            f"{r['ratio_to_sasrec']:.2f} | "
            f"{r['ratio_to_t50']:.3f} | {r['paper_ms_per_sample']:.2f} | {r['paper_ratio_to_sasrec']:.2f} | "
            f"{r['paper_ratio_to_t50']:.3f} |" for r in rows]
-    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    write_markdown(out / f"{stem}.md", "\n".join(md), prov)
 
 
 if __name__ == "__main__":

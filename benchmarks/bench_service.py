@@ -9,7 +9,8 @@ latency p50/p90/p99 and requests/s: sequential (one keep-alive connection, one r
 The load generator is a minimal HTTP/1.1 keep-alive client on raw asyncio sockets with pre-encoded requests,
 so that the client, which shares the machine's cores with the server, costs as little CPU as possible. It
 also times the two server-side stages in-process (user tower forward, index search) on the same histories.
-Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (``--name``, default ``service``).
+Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (``--name``, default ``service``), with the command, commit
+and machine (t2diff.provenance).
 
     nice -n 5 .venv/bin/python benchmarks/bench_service.py --run runs/sasrec-ml1m-loo
     .venv/bin/python benchmarks/bench_service.py --requests 100 --out /tmp/svc   # quick smoke run
@@ -24,8 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import shlex
 import socket
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from t2diff.provenance import provenance, write_json, write_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # loopback only
@@ -210,6 +211,7 @@ def measure(url: str, pid: int, seq: list[bytes], conc: list[bytes], levels: lis
 
 
 def main(argv: list[str] | None = None) -> int:
+    prov = provenance(argv, __file__)  # before anything is written: the outputs are tracked files
     args = parse_args(argv)
     from t2diff.retrieval.export import export_run, open_retriever
 
@@ -253,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     stage = stages(retriever, hists[args.warmup: args.warmup + min(500, args.requests)], args.k, args.exclude_seen)
     load_after = os.getloadavg()
 
-    cmd = ".venv/bin/python benchmarks/bench_service.py " + " ".join(shlex.quote(a) for a in
-                                                                             (argv or sys.argv[1:]))
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     res = {
-        "command": cmd.strip(), "commit": git.stdout.strip(),
         "run": str(run), "checkpoint": exp_meta["checkpoint"]["path"], "checkpoint_sha256": retriever.meta["sha256"],
         "run_epochs_logged": _epochs(run) if run.is_dir() else None, "model": health["model"],
         "index": health["index"], "num_items": health["num_items"], "dim": health["dim"],
@@ -267,16 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats, "warmup": args.warmup,
         "settings": settings,
         "server_stages_in_process": stage,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in load_after],
-                    "note": ("the client runs on the same cores as the server" if load_before[0] < 1.5 else
-                             "the cores were shared with other jobs (load average above); the client shares them "
-                             "too")},
+        "load": {"loadavg_before": [round(x, 2) for x in load_before],
+                 "loadavg_after": [round(x, 2) for x in load_after],
+                 "note": ("the client runs on the same cores as the server" if load_before[0] < 1.5 else
+                          "the cores were shared with other jobs (load average above); the client shares them too")},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(render_md(res))
+    write_json(args.out / f"{args.name}.json", res, prov)
+    write_markdown(args.out / f"{args.name}.md", render_md(res), prov)
     print(render_md(res))
     if tmp is not None:
         tmp.cleanup()
@@ -286,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
 def render_md(r: dict[str, Any]) -> str:
     lines = [
         "# Matching service latency and throughput (end to end, HTTP)", "",
-        f"Command: `{r['command']}` (commit {r['commit']})", "",
         f"Model `{r['model']}` from `{r['run']}` (checkpoint snapshot `{r['checkpoint_sha256'][:12]}`, "
         + (f"{r['run_epochs_logged']} epoch(s) logged when measured; " if r["run_epochs_logged"] else "")
         + "latency does not depend on training); "
@@ -315,9 +309,9 @@ def render_md(r: dict[str, Any]) -> str:
         f"| index search (k = {r['k']}) | {s['index_search_ms']['p50']} | {s['index_search_ms']['p99']} | "
         f"{s['index_search_ms']['cpu_mean']} |",
         "",
-        f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}, Python {r['machine']['python']}; "
-        f"load average {r['machine']['loadavg_before']} before, {r['machine']['loadavg_after']} after. "
-        f"{r['machine']['note']}: under concurrency, wall-clock latency includes waiting for a core; the CPU column "
+        f"Load average {r['load']['loadavg_before']} before, {r['load']['loadavg_after']} after (machine: see the "
+        f"header). {r['load']['note']}: under concurrency, wall-clock latency includes waiting for a core; the CPU "
+        "column "
         f"(server process CPU time per request, client excluded: the client used {client} ms/req sequential) is "
         "what the service itself costs.", "",
     ]

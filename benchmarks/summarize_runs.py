@@ -12,15 +12,18 @@ comes from:
 
     .venv/bin/python benchmarks/summarize_runs.py RUNS_DIR [RUNS_DIR ...] --out benchmarks/results/NAME
     (RUNS_DIR = a folder of run folders, e.g. runs/gpu/paper/runs)
+
+OUT.md and OUT.csv say the command, commit and machine (t2diff.provenance; the CSV in "# " lines on top).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 from typing import Any
+
+from t2diff.provenance import provenance, write_csv, write_markdown
 
 
 def load(run: Path) -> dict[str, Any]:
@@ -65,7 +68,7 @@ def summarise(runs: list[dict[str, Any]], metrics: list[str], select: str, at: i
 
 def markdown(rows: list[dict[str, Any]], metrics: list[str]) -> str:
     """One table per protocol and per kind of number (last / same-budget / max; best-valid / test)."""
-    out = []
+    out = ["# Runs summarised from their per-epoch logs (metrics.jsonl)", ""]
     for proto in ("paper", "loo"):
         sel = [r for r in rows if r["protocol"] == proto]
         if not sel:
@@ -95,6 +98,7 @@ def markdown(rows: list[dict[str, Any]], metrics: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    prov = provenance(argv, __file__)  # before anything is written: the outputs may be tracked files
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs_dirs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.md and OUT.csv")
@@ -105,13 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics = a.metrics.split(",")
     runs = [load(p) for d in a.runs_dirs for p in sorted(d.iterdir()) if (p / "metrics.jsonl").exists()]
     rows = summarise(runs, metrics, a.select, a.at)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".md").write_text(markdown(rows, metrics))
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(a.out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_markdown(a.out.with_suffix(".md"), markdown(rows, metrics), prov)
+    write_csv(a.out.with_suffix(".csv"), rows, prov)
     print(markdown(rows, metrics))
 
 

@@ -3,7 +3,8 @@ the evaluator uses now and under the optimistic rule used before (rank = 1 + #it
 
 For each run directory (or .pt) it ranks the protocol's examples with the checkpoint that `t2diff evaluate`
 uses and writes one row per (run, split): metrics under both rules, their largest difference, and the number
-of examples whose target tied with another item. Writes ``<out>/<name>.md`` and ``.json``.
+of examples whose target tied with another item. Writes ``<out>/<name>.md`` and ``.json`` (with the command,
+commit and machine: t2diff.provenance).
 
     .venv/bin/python benchmarks/tie_audit.py runs/sasrec-ml1m-loo runs/t2diff-serve --name tie_audit
 """
@@ -11,11 +12,6 @@ of examples whose target tied with another item. Writes ``<out>/<name>.md`` and 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,9 +23,8 @@ from t2diff.checkpoint import resolve
 from t2diff.data.batching import make_batch
 from t2diff.evaluate import rank_examples
 from t2diff.metrics import TIE_RULE, is_metric, metrics_from_ranks
+from t2diff.provenance import provenance, write_json, write_markdown
 from t2diff.run import build_from_checkpoint, build_split
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @torch.no_grad()
@@ -67,6 +62,7 @@ def audit(run: Path, ks: list[int] | None) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prov = provenance(argv, __file__)  # before anything is written: the outputs are tracked files
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--ks", type=int, nargs="+")
@@ -76,20 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = [r for run in args.runs for r in audit(run, args.ks)]
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    cmd = ".venv/bin/python benchmarks/tie_audit.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    meta = {"command": cmd, "commit": git.stdout.strip(), "tie_rule": TIE_RULE,
-            "machine": f"{os.cpu_count()} CPUs, {platform.platform()}, torch {torch.__version__}"}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    write_json(args.out / f"{args.name}.json", {"tie_rule": TIE_RULE, "rows": rows}, prov)
     lines = ["# Tie rule audit: pessimistic (now) vs optimistic (before) ranks on the same checkpoints", "",
-             f"Command: `{cmd}` (commit {meta['commit']}; {meta['machine']})", "",
+             f"Tie rule: {TIE_RULE}", "",
              "| run | model | protocol | split | examples | tied targets | non-finite targets | "
              "largest metric change |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| `{r['run']}` | {r['model']} | {r['protocol']} | {r['split']} | {r['examples']} | "
                      f"{r['tied_targets']} | {r['nonfinite_targets']} | {r['max_abs_metric_change']:.2e} |")
-    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.out / f"{args.name}.md", "\n".join(lines), prov)
     print("\n".join(lines))
     return 0
 

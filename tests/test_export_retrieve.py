@@ -22,7 +22,8 @@ from t2diff.batch import Batch  # noqa: E402
 from t2diff.cli import main  # noqa: E402
 from t2diff.retrieval.export import ExportError, open_retriever  # noqa: E402
 from t2diff.retrieval.index import ItemIndex  # noqa: E402
-from t2diff.retrieval.user_tower import InputError, UserTower  # noqa: E402
+from t2diff.retrieval.requests import InputError  # noqa: E402
+from t2diff.retrieval.user_tower import UserTower  # noqa: E402
 from t2diff.run import build_from_checkpoint  # noqa: E402
 
 

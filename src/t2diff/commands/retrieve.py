@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
 
     from t2diff.data.errors import DataError
     from t2diff.retrieval.export import open_retriever
-    from t2diff.retrieval.user_tower import ModelOutputError, read_table, retrieve_frame
+    from t2diff.retrieval.offline import retrieve_frame
+    from t2diff.retrieval.tables import read_table
+    from t2diff.retrieval.user_tower import ModelOutputError
 
     try:
         retriever = open_retriever(args.source, args.export, args.data, runtime=args.runtime,

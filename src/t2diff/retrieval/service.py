@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from t2diff.retrieval.batching import BatchingConfig, DirectRunner, Job, MicroBatcher
 from t2diff.retrieval.limits import LimitMiddleware, ServiceLimits, deadline_left
-from t2diff.retrieval.user_tower import InputError, Retriever, validate_history
+from t2diff.retrieval.requests import InputError, validate_history
+from t2diff.retrieval.user_tower import Retriever
 
 log = logging.getLogger("t2diff.serve")
 
