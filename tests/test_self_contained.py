@@ -89,3 +89,31 @@ def test_legacy_checkpoint_loads_or_says_how_to_convert(trained, tmp_path, capsy
     assert main(["upgrade-checkpoint", str(d / "run"), "--data", str(d / "prepared")]) == 0
     shutil.rmtree(d / "prepared")
     assert load_run(d / "run", data_path=str(d / "prepared")).info.num_items == 40
+
+
+def test_export_and_retrieval_from_the_checkpoint_alone(trained, tmp_path, capsys):
+    """With the cache deleted and the raw log gone too (nothing to rebuild from), a flat export and retrieval
+    over histories still work: they need only the checkpoint; what needs stored histories says so."""
+    from t2diff.retrieval.export import open_retriever
+
+    d = tmp_path / "copy"
+    shutil.copytree(trained, d)
+    shutil.rmtree(d / "prepared")
+    data = ["--data", str(d / "prepared")]
+    log = Path(json.loads((trained / "prepared" / "meta.json").read_text())["recipe"]["source"]["inputs"][0])
+    hidden = log.with_suffix(".hidden")
+    log.rename(hidden)
+    try:
+        assert main(["export", str(d / "run"), "--out", str(tmp_path / "flat"), *data]) == 0
+        assert not (d / "prepared").exists()
+        r = open_retriever(tmp_path / "flat", data_path=str(d / "prepared"))
+        ids, _ = r.tower.to_internal(["i1", "i2", "i3"])
+        scores, top = r.topk([ids], 5)
+        assert (top[0] > 0).all() and scores[0][0] >= scores[0][-1]
+        # an ANN export's recall report needs real test users: a clear error, nothing half-written
+        assert main(["export", str(d / "run"), "--out", str(tmp_path / "hnsw"), "--index", "hnsw", *data]) == 2
+        err = capsys.readouterr().err
+        assert "rebuilding it from its recipe failed" in err and "file not found" in err
+        assert not (tmp_path / "hnsw" / "export.json").exists()
+    finally:
+        hidden.rename(log)

@@ -88,7 +88,11 @@ def load_dataset(path: str | Path, meta: dict[str, Any] | None = None, log: Any 
     p = Path(path)
     if not (p / "meta.json").exists() and meta is not None:
         (log or _stderr)(f"prepared dataset {p} not found: rebuilding it from its recorded recipe")
-        rebuild(meta, p)
+        try:
+            rebuild(meta, p)
+        except DataError as e:
+            raise DataError(f"prepared dataset {p} is gone and rebuilding it from its recipe failed ({e}); pass "
+                            "--data with the prepared dataset this model was trained on") from None
     ds = PreparedDataset.load(p)
     if meta is not None and any(ds.meta.get(k) != meta.get(k) for k in _IDENTITY):
         raise DataError(f"{p} is not the dataset this checkpoint was trained on (it differs in "

@@ -43,14 +43,17 @@ class ExportError(ValueError):
 def load_tower(checkpoint: str | Path, data_path: str | None = None) -> tuple[UserTower, Path, str]:
     """(tower, checkpoint file, its sha256). Hashes before and after loading: a run still training may
     rewrite best.pt in between, and an export must describe the weights it holds."""
-    from t2diff.run import build_from_checkpoint
+    from t2diff.retrieval.ids import ItemCatalog
+    from t2diff.run import load_run
 
     ck = resolve(checkpoint)  # the checkpoint the run directory's last.pt records
     sha = sha256(ck)
-    model, cfg, ds = build_from_checkpoint(ck, data_path)
+    run = load_run(ck, data_path)  # the model from the checkpoint alone; the dataset only if a step needs it
     if sha256(ck) != sha:
         raise ExportError(f"{ck} changed while it was being loaded (is a training run writing it?); retry")
-    return UserTower(model, cfg, ds), ck, sha
+    catalog = ItemCatalog(run.item_ids[1:], run.meta.get("id_type", {}).get("item") == "int")
+    tower = UserTower(run.model, run.cfg, lambda: run.ds, catalog=catalog, has_time=run.info.has_time)
+    return tower, ck, sha
 
 
 def _test_examples(tower: UserTower, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,12 +108,11 @@ def export_run(checkpoint: str | Path, out: str | Path, index_cfg: IndexConfig |
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tower, ck, sha = load_tower(checkpoint, data_path)
-    ds = tower.ds
     items = np.ascontiguousarray(tower.item_embeddings()[1:], dtype=np.float32)  # [I, D], padding row dropped
     if not np.isfinite(items).all():
         raise ExportError(f"{ck}: item embeddings contain NaN or inf; the checkpoint is broken")
     num, dim = items.shape
-    ids = ds.item_ids[1:]
+    ids = tower.item_ids[1:]
 
     # first: the slowest and most fragile step, so a failure leaves the folder as it was
     onnx_info = export_onnx(tower, out, onnx_rows, onnx_atol, log) if onnx else None
@@ -147,7 +149,7 @@ def export_run(checkpoint: str | Path, out: str | Path, index_cfg: IndexConfig |
         "format_version": EXPORT_FORMAT,
         "created_unix": int(time.time()),
         "checkpoint": {"path": str(ck.resolve()), "sha256": sha, "copy": "model.pt" if copy_checkpoint else None},
-        "data_path": str(Path(ds.path).resolve()),
+        "data_path": str(Path(tower.cfg.data.path).resolve()),
         "model": tower.model_name,
         "max_len": tower.max_len,
         "uses_time": tower.uses_time,

@@ -310,7 +310,8 @@ class OnnxUserTower(UserTower):
     runtime = "onnx"
 
     def __init__(self, tower: UserTower, session: Any, meta: dict[str, Any]) -> None:
-        super().__init__(tower.model, tower.cfg, tower.ds)
+        super().__init__(tower.model, tower.cfg, tower.data_source(), catalog=tower.catalog,
+                         has_time=tower.uses_time, max_len=tower.max_len)
         self.session = session
         self.onnx_meta = meta
         self.dim = int(session.get_outputs()[0].shape[1])
@@ -322,13 +323,14 @@ class OnnxUserTower(UserTower):
 
 
 def _probe_batch(tower: UserTower, rows: int = 4) -> Batch:
-    """Up to ``rows`` real histories of the dataset (with their timestamps) as a serving batch."""
-    ds = tower.ds
-    users = (np.flatnonzero(ds.lengths > 0)[:rows] + 1).tolist()  # internal ids of users with a history
-    hists = [ds.history(u)[-tower.max_len:].tolist() for u in users]
+    """``rows`` seeded random histories of catalogue items (with timestamps where the model reads time), of
+    lengths up to max_len: the load-time check needs no dataset."""
+    rng = np.random.default_rng(0)
+    hists = [rng.integers(1, tower.num_items + 1, size=int(n)).tolist()
+             for n in np.linspace(1, tower.max_len, rows).round()]
     times = req = None
-    if tower.uses_time and ds.times is not None:
-        times = [ds.times[ds.user_ptr[u - 1]: ds.user_ptr[u]][-tower.max_len:].tolist() for u in users]
+    if tower.uses_time:
+        times = [np.sort(1_600_000_000 + rng.integers(0, 10**6, size=len(h))).tolist() for h in hists]
         req = [t[-1] + 3600 for t in times]
     return Batch.from_histories(hists, tower.max_len, times, req)
 

@@ -11,7 +11,7 @@ module's classes only at call time, which keeps the re-export free of an import 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,12 +55,16 @@ class UserTower:
     pass ``catalog`` and ``has_time`` (what the model was trained on: DataInfo.has_time); the tower then answers
     histories but not user ids. ``max_len`` defaults to the config's."""
 
-    def __init__(self, model: SeqRecModel, cfg: ExperimentConfig, ds: PreparedDataset | None = None, *,
+    def __init__(self, model: SeqRecModel, cfg: ExperimentConfig,
+                 ds: PreparedDataset | Callable[[], PreparedDataset] | None = None, *,
                  catalog: ItemCatalog | None = None, has_time: bool | None = None,
                  max_len: int | None = None) -> None:
-        if ds is None and (catalog is None or has_time is None):
+        """``ds`` may be a callable that loads the dataset on first use (a checkpoint's data: nothing is read
+        until a command needs stored histories)."""
+        if (ds is None or callable(ds)) and (catalog is None or has_time is None):
             raise TypeError("UserTower needs a prepared dataset, or both catalog= and has_time=")
-        self.model, self.cfg, self.ds = model.eval(), cfg, ds
+        self.model, self.cfg = model.eval(), cfg
+        self._ds, self._load_ds = (None, ds) if callable(ds) else (ds, None)
         self.catalog: ItemCatalog = catalog if catalog is not None else ItemCatalog.from_dataset(ds)
         self.model_name: str = cfg.model["name"]
         self.max_len: int = max_len if max_len is not None else cfg.data.max_len
@@ -86,6 +90,16 @@ class UserTower:
         return self.catalog.original(internal)
 
     # ---- stored users (need the prepared dataset) ------------------------------------------------------
+    @property
+    def ds(self) -> PreparedDataset | None:
+        if self._ds is None and self._load_ds is not None:
+            self._ds = self._load_ds()
+        return self._ds
+
+    def data_source(self) -> PreparedDataset | Callable[[], PreparedDataset] | None:
+        """What this tower reads stored histories from, without loading it (for a tower built on this one)."""
+        return self._ds if self._ds is not None else self._load_ds
+
     def require_data(self, what: str = "a user id") -> PreparedDataset:
         """The prepared dataset, or an InputError saying that ``what`` cannot be answered without it."""
         if self.ds is None:
