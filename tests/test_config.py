@@ -67,3 +67,27 @@ def test_protocol_options_and_their_legacy_flat_keys():
     old = load_config(None, ["data.protocol=paper", "data.split_seed=7", "data.train_targets=3"])
     assert old.data.paper.split_seed == 7 and old.data.paper.train_targets == 3 and old.data.loo.train_targets == 3
     assert load_config(None, []).data.options is not None
+
+
+def test_later_sources_win_whatever_layout_each_uses(tmp_path):
+    """Each file and override is brought to the current layout before merging: a flat override beats a nested
+    file, a nested override beats a flat (old) file, and a derived file beats its base either way."""
+    (tmp_path / "nested.yaml").write_text("data: {protocol: paper, paper: {train_targets: 10}}\n"
+                                          "model: {name: t2diff, diffusion: {steps: 50}}\n")
+    (tmp_path / "flat.yaml").write_text("data: {protocol: paper, train_targets: 10}\n"
+                                        "model: {name: t2diff, steps: 50}\n")
+    (tmp_path / "derived.yaml").write_text("base: flat.yaml\ndata: {paper: {train_targets: 4}}\n"
+                                           "model: {diffusion: {steps: 7}}\n")
+    a = load_config(tmp_path / "nested.yaml", ["data.train_targets=5", "model.steps=10"])
+    assert a.data.paper.train_targets == 5 and a.data.loo.train_targets == 5
+    b = load_config(tmp_path / "flat.yaml", ["data.paper.train_targets=5", "model.diffusion.steps=10"])
+    c = load_config(tmp_path / "derived.yaml")
+    from t2diff.config import model_config
+
+    assert model_config(a).diffusion.steps == 10 and model_config(b).diffusion.steps == 10
+    assert b.data.paper.train_targets == 5 and c.data.paper.train_targets == 4
+    assert model_config(c).diffusion.steps == 7
+    with pytest.raises(ConfigError, match="'data.protocol' is not a section"):
+        load_config(tmp_path / "flat.yaml", ["data.protocol.x=1"])
+    with pytest.raises(ConfigError, match="data.protocol: expected str"):
+        load_config(None, ["data.protocol.x=1"])

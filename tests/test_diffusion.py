@@ -1,4 +1,5 @@
-"""Noise schedules, forward / reverse Gaussian steps (eq. 3–6, 13–17) and the 1-D U-Net approximator."""
+"""Noise schedules, the forward step and the posterior (eq. 3–6, 13–14), the 1-D U-Net approximator and the keyed
+noise. The reverse chain's samplers: test_samplers.py."""
 
 from __future__ import annotations
 
@@ -65,10 +66,10 @@ def test_q_sample_moments_monte_carlo() -> None:
 
 def test_posterior_matches_eq5_eq6() -> None:
     steps = 20
-    s = NoiseSchedule("exp", steps, reverse_noise="std")
+    s = NoiseSchedule("exp", steps)
     betas = make_betas("exp", steps).tolist()
     g = torch.Generator().manual_seed(1)
-    z0, zt, eps = (torch.randn(3, 7, 5, generator=g) for _ in range(3))
+    z0, zt = (torch.randn(3, 7, 5, generator=g) for _ in range(2))
     for t in (2, 7, steps):
         ab_t = math.prod(1 - b for b in betas[:t])
         ab_prev = math.prod(1 - b for b in betas[: t - 1])
@@ -80,12 +81,15 @@ def test_posterior_matches_eq5_eq6() -> None:
         m, v = s.posterior_mean_variance(z0, zt, t)
         torch.testing.assert_close(m, mean, rtol=1e-5, atol=1e-6)
         assert float(v) == pytest.approx(var, rel=1e-5)
-        torch.testing.assert_close(s.p_step(z0, zt, t), mean, rtol=1e-5, atol=1e-6)  # no noise: the mean
-        std_step = s.p_step(z0, zt, t, eps)
-        torch.testing.assert_close(std_step, mean + math.sqrt(var) * eps, rtol=1e-5, atol=1e-6)
-        s_var = NoiseSchedule("exp", steps, reverse_noise="var")  # eq. 17 as printed / authors
-        torch.testing.assert_close(s_var.p_step(z0, zt, t, eps), mean + var * eps, rtol=1e-5, atol=1e-6)
-    assert torch.equal(s.p_step(z0, zt, 1, eps), z0)  # t = 1: beta_tilde_1 = 0, mean = z0_hat
+
+
+def test_schedule_shape_parameters_reach_the_betas() -> None:
+    s = NoiseSchedule("log", 50, beta_start=0.01, beta_end=0.5, max_beta=0.4)
+    torch.testing.assert_close(s.betas[1:], make_betas("log", 50, beta_start=0.01, beta_end=0.5, max_beta=0.4).float())
+    e = NoiseSchedule("exp", 10, a=0.02, b=3.0)
+    torch.testing.assert_close(e.betas[1:], make_betas("exp", 10, 0.02, 3.0).float())
+    with pytest.raises(TypeError):
+        NoiseSchedule("exp", 10, 0.02)  # the shape parameters are keyword-only
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -97,34 +101,6 @@ def test_posterior_is_consistent_with_marginals(name: str) -> None:
         cz0, czt, var = s.post_coef_z0[t].double(), s.post_coef_zt[t].double(), s.post_var[t].double()
         assert float(cz0 + czt * ab_t.sqrt()) == pytest.approx(float(ab_p.sqrt()), abs=1e-5)
         assert float(czt**2 * (1 - ab_t) + var) == pytest.approx(float(1 - ab_p), abs=1e-5)
-
-
-def test_reverse_chain_with_oracle_returns_z0_exactly() -> None:
-    s = NoiseSchedule("exp", 10)
-    z0 = torch.randn(4, 6, 3)
-    seen: list[int] = []
-
-    def oracle(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        assert z.shape == z0.shape and t.shape == (4,)
-        seen.append(int(t[0]))
-        return z0
-
-    trace: list = []
-    out = s.reverse_chain(oracle, tuple(z0.shape), generator=torch.Generator().manual_seed(0), trace=trace)
-    assert torch.equal(out, z0)
-    assert seen == list(range(10, 0, -1)) and [t for t, _ in trace] == seen
-
-
-def test_reverse_chain_seeded_generator_is_reproducible() -> None:
-    s = NoiseSchedule("linear", 8)
-
-    def f(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return 0.5 * z
-
-    a = s.reverse_chain(f, (2, 5, 3), generator=torch.Generator().manual_seed(3))
-    b = s.reverse_chain(f, (2, 5, 3), generator=torch.Generator().manual_seed(3))
-    c = s.reverse_chain(f, (2, 5, 3), generator=torch.Generator().manual_seed(4))
-    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 @pytest.mark.parametrize("length", [1, 5, 13, 16, 50])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -41,33 +43,54 @@ def make_batch(max_len: int = L, seed: int = 0) -> Batch:
                  user=torch.arange(B))
 
 
-def small_cfg(**kw) -> T2DiffConfig:
-    base = dict(hidden=16, steps=5, unet_levels=3, session_len=4, num_heads=2, session_ffn_dim=32,
-                din_hidden=16, user_ffn_hidden=32, item_mlp_hidden=32, time_emb_dim=4, dropout=0.0)
-    base.update(kw)
-    return T2DiffConfig(**base)
+SMALL: dict[str, Any] = {
+    "hidden": 16,
+    "diffusion": {"steps": 5},
+    "unet": {"levels": 3},
+    "attention": {"session_len": 4, "heads": 2, "ffn_dim": 32, "din_hidden": 16, "user_ffn_hidden": 32,
+                  "time_emb_dim": 4, "dropout": 0.0},
+    "item_tower": {"mlp_hidden": 32},
+}
+
+
+def small_cfg(**kw: Any) -> T2DiffConfig:
+    """The tiny test config. ``kw``: sections merged key by key into it (``diffusion={"drift": False}``) or
+    legacy flat keys (``steps=2``, ``diffusion=False``), which override the nested ones."""
+    raw = copy.deepcopy(SMALL)
+    for k, v in kw.items():
+        if isinstance(v, dict) and isinstance(raw.get(k), dict):
+            raw[k].update(v)
+        else:
+            raw[k] = v
+    return T2DiffConfig(**raw)
 
 
 def test_registered() -> None:
     assert MODELS["t2diff"] is T2Diff and T2Diff.causal is False and T2Diff.Config is T2DiffConfig
 
 
-VARIANTS = {
-    "default": {"dropout": 0.1},
-    "mixed_attention_only": {"diffusion": False},
-    "wo_dp": {"drift": False},
-    "linear": {"schedule": "linear"},
-    "log": {"schedule": "log"},
-    "l2_kl": {"kl_loss": "l2", "kl_mask_padding": False},
-    "kl_last": {"kl_positions": "last"},
-    "concat_user": {"user_ffn": False},
-    "authors_unet": {"unet_time_emb": "authors", "unet_final_proj": False, "unet_padding": "zeros"},
-    "authors_attention": {"session_mask_diag": True, "reverse_noise": "var", "kl_weight": 0.1},
-    "pos_emb_2layers": {"session_pos_emb": True, "session_layers": 2, "steps": 12},
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {"attention": {"dropout": 0.1}},
+    "mixed_attention_only": {"diffusion": {"enabled": False}},
+    "wo_dp": {"diffusion": {"drift": False}},
+    "linear": {"diffusion": {"schedule": "linear"}},
+    "log": {"diffusion": {"schedule": "log"}},
+    "l2_kl": {"objective": {"kl_loss": "l2", "kl_mask_padding": False}},
+    "kl_last": {"objective": {"kl_positions": "last"}},
+    "concat_user": {"attention": {"user_ffn": False}},
+    "authors_unet": {"unet": {"time_emb": "authors", "final_proj": False, "padding": "zeros"}},
+    "authors_attention": {"attention": {"mask_diag": True}, "diffusion": {"reverse_noise": "var"},
+                          "objective": {"kl_weight": 0.1}},
+    "pos_emb_2layers": {"attention": {"pos_emb": True, "layers": 2}, "diffusion": {"steps": 12}},
     # every authors'-code switch at once, as configs/ml-1m/t2diff-authors.yaml
-    "authors_code": {"reverse_noise": "var", "kl_loss": "l2", "kl_mask_padding": False, "unet_time_emb": "authors",
-                     "unet_final_proj": False, "unet_padding": "zeros", "session_mask_diag": True,
-                     "user_ffn": False, "detach_xhat": False},
+    "authors_code": {"diffusion": {"reverse_noise": "var"},
+                     "objective": {"kl_loss": "l2", "kl_mask_padding": False, "detach_xhat": False},
+                     "unet": {"time_emb": "authors", "final_proj": False, "padding": "zeros"},
+                     "attention": {"mask_diag": True, "user_ffn": False}},
+    # the same, in the legacy flat keys (still accepted by T2DiffConfig(...), YAML files and overrides)
+    "authors_code_flat": {"reverse_noise": "var", "kl_loss": "l2", "kl_mask_padding": False,
+                          "unet_time_emb": "authors", "unet_final_proj": False, "unet_padding": "zeros",
+                          "session_mask_diag": True, "user_ffn": False, "detach_xhat": False},
 }
 
 
@@ -88,7 +111,7 @@ def test_training_step_each_variant(variant: str, features: bool, time: bool) ->
     batch = make_batch()
     loss, logs = model.loss(batch)
     assert torch.isfinite(loss) and set(logs) == {"tower", "kl", "loss"}
-    assert (logs["kl"] > 0) == cfg.diffusion
+    assert (logs["kl"] > 0) == cfg.diffusion.enabled
     opt.zero_grad()
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -97,7 +120,7 @@ def test_training_step_each_variant(variant: str, features: bool, time: bool) ->
     with torch.no_grad():
         u = model.user_embeddings(batch)
         items = model.item_embeddings()
-    width = 16 if cfg.user_ffn else 32
+    width = 16 if cfg.attention.user_ffn else 32
     assert u.shape == (B, width) and items.shape == (I + 1, width)
     assert bool(u.isfinite().all()) and bool(items.isfinite().all())
     assert model.score(batch).shape == (B, I + 1)
@@ -119,13 +142,13 @@ def test_kl_positions_last_covers_only_the_unknown_drift() -> None:
     z0 = torch.randn(B, L, 16)
     z0_hat = torch.randn(B, L, 16)
     sq = (z0_hat - z0).pow(2).sum(-1)  # [B, L]
-    last = T2Diff(small_cfg(kl_positions="last"), make_info())
+    last = T2Diff(small_cfg(objective={"kl_positions": "last"}), make_info())
     assert torch.allclose(last.kl_loss(z0_hat, z0, last.kl_mask(batch)), sq[:, -1].mean())
     every = T2Diff(small_cfg(), make_info())
     real_next = (torch.cat([batch.seq[:, 1:], batch.target[:, None]], 1) > 0).float()
     assert torch.allclose(every.kl_loss(z0_hat, z0, every.kl_mask(batch)), (sq * real_next).sum() / real_next.sum())
-    with pytest.raises(ValueError, match="kl_positions"):
-        T2Diff(small_cfg(kl_positions="first"), make_info())
+    with pytest.raises(ValueError, match="model.objective.kl_positions: 'first' is not one of all, last"):
+        T2Diff(small_cfg(objective={"kl_positions": "first"}), make_info())
 
 
 def test_stop_gradients() -> None:
@@ -144,7 +167,7 @@ def test_stop_gradients() -> None:
     assert not _all_zero(_grads(tower, tables))
     # without the x_hat stop-gradient (authors' code) L_TOWER reaches the U-Net: the check above bites
     torch.manual_seed(0)
-    leaky = T2Diff(small_cfg(detach_xhat=False), make_info())
+    leaky = T2Diff(small_cfg(objective={"detach_xhat": False}), make_info())
     u, _ = leaky.forward_train(batch)
     assert not _all_zero(_grads(leaky.tower_loss(u, batch.target), list(leaky.unet.parameters())))
 
@@ -155,7 +178,7 @@ def test_seeded_evaluation_is_reproducible() -> None:
     batch = make_batch()
     with torch.no_grad():
         a, b = model.user_embeddings(batch), model.user_embeddings(batch)
-        model.cfg = dataclasses.replace(model.cfg, eval_seed=123)
+        model.cfg = dataclasses.replace(model.cfg, diffusion=dataclasses.replace(model.cfg.diffusion, eval_seed=123))
         c = model.user_embeddings(batch)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)  # the chain really is stochastic; the seed pins it
@@ -180,15 +203,16 @@ def test_user_embedding_does_not_depend_on_batch_position_or_size() -> None:
 def test_oracle_approximator_restores_next_item(drift: bool) -> None:
     """An approximator returning the true z0 makes the reverse chain give x_hat_{n+1} = x_{n+1} (eq. 18)."""
     torch.manual_seed(0)
-    model = T2Diff(small_cfg(drift=drift), make_info()).eval()
+    model = T2Diff(small_cfg(diffusion={"drift": drift}), make_info()).eval()
     batch = make_batch()
     with torch.no_grad():
         xd = model.item_inputs(batch.seq)
         x_next = model.item_inputs(batch.target)
         z0 = model.diffusion_target(xd, x_next)
         model.approximate = lambda z, x, t: z0  # type: ignore[method-assign]
-        x_hat = model._diffuse_infer(xd, batch.seq)
+        x_hat, trace = model.sample_xhat(xd, batch.seq, trace=True)
     torch.testing.assert_close(x_hat, x_next, rtol=0, atol=1e-6)
+    assert [t for t, _ in trace] == [5, 4, 3, 2, 1] and all(z is z0 for _, z in trace)
     if drift:  # eq. 11: z0 = X_{2:n+1} - X_{1:n}
         torch.testing.assert_close(z0[:, :-1], xd[:, 1:] - xd[:, :-1])
 
@@ -218,16 +242,23 @@ def test_bad_inputs() -> None:
     batch.target[0] = 0
     with pytest.raises(ValueError, match="target"):
         model.loss(batch)
-    with pytest.raises(ValueError):
-        T2Diff(small_cfg(schedule="cosine"), make_info())
-    with pytest.raises(ValueError):
-        T2Diff(small_cfg(kl_loss="l1"), make_info())
+    with pytest.raises(ValueError, match="model.diffusion.schedule: 'cosine'"):
+        T2Diff(small_cfg(diffusion={"schedule": "cosine"}), make_info())
+    with pytest.raises(ValueError, match="model.objective.kl_loss: 'l1'"):
+        T2Diff(small_cfg(kl_loss="l1"), make_info())  # a legacy flat key is checked the same way
+    cfg = small_cfg()
+    cfg.diffusion.sampler = "euler"  # edited after construction: the model checks again
+    with pytest.raises(ValueError, match="model.diffusion.sampler: 'euler' is not one of ddpm"):
+        T2Diff(cfg, make_info())
+    with pytest.raises(ValueError, match="sample_xhat needs"):
+        off = T2Diff(small_cfg(diffusion={"enabled": False}), make_info())
+        off.sample_xhat(off.item_inputs(batch.seq), batch.seq)
 
 
 @pytest.mark.parametrize("diffusion", [True, False])
 def test_short_and_empty_histories_are_finite(diffusion: bool) -> None:
     torch.manual_seed(0)
-    model = T2Diff(small_cfg(diffusion=diffusion, session_mask_diag=True), make_info())
+    model = T2Diff(small_cfg(diffusion={"enabled": diffusion}, attention={"mask_diag": True}), make_info())
     batch = make_batch()
     batch.seq[:] = 0  # every row empty
     batch.seq[1, -2:] = torch.tensor([3, 4])  # one short row: no history, partial session
@@ -248,14 +279,14 @@ def test_short_and_empty_histories_are_finite(diffusion: bool) -> None:
 
 def test_session_longer_than_sequence() -> None:
     torch.manual_seed(0)
-    model = T2Diff(small_cfg(session_len=50), make_info(max_len=6))
+    model = T2Diff(small_cfg(attention={"session_len": 50}), make_info(max_len=6))
     loss, _ = model.loss(make_batch(max_len=6))
     assert torch.isfinite(loss)
 
 
 def test_time_lag_feature_is_used() -> None:
     torch.manual_seed(0)
-    model = T2Diff(small_cfg(diffusion=False), make_info(has_time=True)).eval()
+    model = T2Diff(small_cfg(diffusion={"enabled": False}), make_info(has_time=True)).eval()
     batch = make_batch()
     with torch.no_grad():
         a = model.user_embeddings(batch)
@@ -270,7 +301,7 @@ def test_time_lag_feature_is_used() -> None:
 
 def test_diffusion_cosine_trace_and_write(tmp_path) -> None:
     torch.manual_seed(0)
-    model = T2Diff(small_cfg(steps=4), make_info()).train()
+    model = T2Diff(small_cfg(diffusion={"steps": 4}), make_info()).train()
     rows = diffusion_cosine_trace(model, [make_batch(seed=0), make_batch(seed=1)])
     assert model.training  # mode restored
     assert [r["t"] for r in rows] == [4, 3, 2, 1] and [r["iteration"] for r in rows] == [1, 2, 3, 4]
@@ -285,9 +316,9 @@ def test_diffusion_cosine_trace_and_write(tmp_path) -> None:
 
 def test_time_gap_session_moves_older_behaviours_to_history() -> None:
     torch.manual_seed(0)
-    cfg_gap = small_cfg(diffusion=False, session_gap=7200)
+    cfg_gap = small_cfg(diffusion={"enabled": False}, attention={"session_gap": 7200})
     model = T2Diff(cfg_gap, make_info(has_time=True)).eval()
-    plain = T2Diff(small_cfg(diffusion=False), make_info(has_time=True)).eval()
+    plain = T2Diff(small_cfg(diffusion={"enabled": False}), make_info(has_time=True)).eval()
     plain.load_state_dict(model.state_dict())
     batch = make_batch()
     batch.seq_time[0, -2:] += 10**6  # a gap of ~11 days before the last two behaviours of row 0
@@ -296,3 +327,58 @@ def test_time_gap_session_moves_older_behaviours_to_history() -> None:
     assert not torch.allclose(a[0], b[0])  # row 0's session is cut at the gap
     torch.testing.assert_close(a[3], b[3])  # rows without a long gap are unchanged
     assert bool(a.isfinite().all())
+
+
+# e_u[[0, 3], :4] of small_cfg models built with torch.manual_seed(0), in eval mode on make_batch(), recorded
+# from the code before the config sections and samplers (T2DiffConfig flat, NoiseSchedule.reverse_chain); the
+# refactor reproduced them bit for bit (keyed chain noise, same parameters)
+RECORDED_USER = {
+    "default": ({}, [[0.0688181, 0.3400289, -0.0372696, 0.0688338], [0.2494765, 0.1515317, -0.1934567, -0.0356751]]),
+    "var": ({"diffusion": {"reverse_noise": "var"}},
+            [[0.0680995, 0.3371493, -0.0397979, 0.0664126], [0.2560018, 0.1471802, -0.189082, -0.0269876]]),
+    "wo_dp": ({"diffusion": {"drift": False}},
+              [[0.0598692, 0.3341395, -0.0471803, 0.0486001], [0.2108373, 0.1836403, -0.1980987, -0.042847]]),
+    "authors_code": (VARIANTS["authors_code"],
+                     [[-0.0449118, 0.2909896, 0.0319092, -0.0118944], [-0.0425725, 0.028359, -0.0459304, -0.0846971]]),
+}
+
+
+@pytest.mark.parametrize("name", RECORDED_USER)
+def test_user_embeddings_match_the_recorded_values(name: str) -> None:
+    kw, expect = RECORDED_USER[name]
+    torch.manual_seed(0)
+    model = T2Diff(small_cfg(**kw), make_info()).eval()
+    with torch.no_grad():
+        u = model.user_embeddings(make_batch())
+    torch.testing.assert_close(u[[0, 3], :4], torch.tensor(expect), rtol=0, atol=1e-6)
+
+
+def test_sample_xhat_is_what_user_embeddings_uses() -> None:
+    """The one public sampling method: x_hat (and its trace) are the ones the user tower consumes."""
+    torch.manual_seed(0)
+    model = T2Diff(small_cfg(), make_info()).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        x = model.item_inputs(batch.seq)
+        x_hat = model.sample_xhat(x, batch.seq)
+        again, trace = model.sample_xhat(x, batch.seq, trace=True)
+        u = model.user_embeddings(batch)
+    assert x_hat.shape == (B, 16) and torch.equal(x_hat, again)  # keyed noise: tracing changes nothing
+    assert [t for t, _ in trace] == model.sampler.timesteps == [5, 4, 3, 2, 1] and model.reverse_steps == 5
+    assert all(z.shape == (B, L, 16) for _, z in trace)
+    torch.testing.assert_close(x_hat, (trace[-1][1] + x)[:, -1])  # eq. 18 from the last z0_hat (t = 1)
+    assert torch.equal(model.mixed_attention(x, batch, x_hat), u)
+    assert T2Diff(small_cfg(diffusion={"enabled": False}), make_info()).reverse_steps is None
+
+
+@pytest.mark.parametrize(("kw", "row"), [
+    ({}, "T2Diff"),
+    ({"diffusion": {"enabled": False}}, "Mixed-attention"),
+    ({"diffusion": {"enabled": False, "drift": False}}, "Mixed-attention"),
+    ({"diffusion": {"drift": False}}, "W/O DP"),
+    ({"objective": {"kl_positions": "last"}}, None),  # ours, not in the paper
+    ({"diffusion": False}, "Mixed-attention"),  # legacy flat keys
+    ({"drift": False}, "W/O DP"),
+])
+def test_paper_row(kw: dict[str, Any], row: str | None) -> None:
+    assert T2Diff.paper_row(small_cfg(**kw)) == row

@@ -54,8 +54,8 @@ class DataConfig:
         for key, sections in LEGACY_DATA_KEYS.items():
             if key in raw:
                 value = raw.pop(key)
-                for sec in sections:
-                    raw[sec] = {key: value, **(raw.get(sec) or {})}
+                for sec in sections:  # the flat key wins over a nested one given beside it (an override)
+                    raw[sec] = {**(raw.get(sec) or {}), key: value}
         return raw
 
     def validate_config(self, where: str) -> None:
@@ -207,15 +207,43 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(val)
 
 
+def upgrade_raw(raw: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
+    """A raw config (one file or one override) in the current layout: legacy keys of the data and model
+    sections mapped by their ``upgrade_config`` hooks. Each source is upgraded BEFORE it is merged with the
+    others, so the later source wins whichever layout each one uses. ``model_name``: the model a section
+    without ``name`` belongs to (from the files merged so far)."""
+    from t2diff.registry import MODELS
+
+    raw = dict(raw)
+    if isinstance(raw.get("data"), dict):
+        raw["data"] = DataConfig.upgrade_config(raw["data"])
+    model = raw.get("model")
+    if isinstance(model, dict):
+        cls = MODELS.get(model.get("name") or model_name or "sasrec")
+        if cls is not None and hasattr(cls, "upgrade_config"):
+            raw["model"] = cls.upgrade_config(model)
+    return raw
+
+
+def _model_name(raw: dict[str, Any]) -> str | None:
+    m = raw.get("model")
+    return m.get("name") if isinstance(m, dict) else None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for ov in overrides:
         path, value = parse_override(ov)
-        node = raw
+        node = one = {}
         for p in path[:-1]:
             node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {ov!r}: {p!r} is not a section")
         node[path[-1]] = value
+        for i in range(1, len(path)):  # a section in the way must be a mapping
+            cur = raw
+            for p in path[:i]:
+                cur = cur.get(p) if isinstance(cur, dict) else None
+            if cur is not None and not isinstance(cur, dict):
+                raise ConfigError(f"override {ov!r}: {'.'.join(path[:i])!r} is not a section")
+        raw = _merge(raw, upgrade_raw(one, _model_name(raw)))
     return raw
 
 
@@ -243,14 +271,12 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {p}: expected a mapping at the top level")
     bases = raw.pop("base", None)
-    if bases is None:
-        return raw
     merged: dict[str, Any] = {}
-    for b in [bases] if isinstance(bases, str) else bases or []:
+    for b in [] if bases is None else [bases] if isinstance(bases, str) else bases:
         if not isinstance(b, str):
             raise ConfigError(f"config file {p}: base must be a file name or a list of them, got {b!r}")
         merged = _merge(merged, read_yaml(p.parent / b, (*_seen, p)))
-    return _merge(merged, raw)
+    return _merge(merged, upgrade_raw(raw, _model_name(raw) or _model_name(merged)))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -43,17 +43,18 @@ def diffusion_cosine_trace(model: T2Diff, batches: Iterable[Batch]) -> list[dict
     """Per reverse step t (T first), the cosine similarity of z0_hat to the true z0 over all examples of
     ``batches`` with a known target: mean and 10/50/90th percentiles at the last position (the drift that
     makes x_hat_{n+1}, eq. 18), the mean over the whole sequence, and the same for the one-step prediction
-    from q(z_t | z0). Runs in eval mode with the model's seeded generator; restores the mode after."""
-    if not model.cfg.diffusion:
-        raise ValueError("diffusion_cosine_trace needs a T2Diff model with diffusion=True")
+    from q(z_t | z0). One row per step the model's sampler visits (every t = T..1 for ddpm). Runs in eval mode
+    with the model's seeded generator; restores the mode after."""
+    if not model.cfg.diffusion.enabled:
+        raise ValueError("diffusion_cosine_trace needs a T2Diff model with diffusion.enabled=true")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    steps = model.schedule.steps
-    last: dict[int, list[Tensor]] = {t: [] for t in range(1, steps + 1)}
-    seq_c: dict[int, list[Tensor]] = {t: [] for t in range(1, steps + 1)}
-    one_last: dict[int, list[Tensor]] = {t: [] for t in range(1, steps + 1)}
-    one_seq: dict[int, list[Tensor]] = {t: [] for t in range(1, steps + 1)}
+    timesteps = list(model.sampler.timesteps)  # chain order, largest t first
+    last: dict[int, list[Tensor]] = {t: [] for t in timesteps}
+    seq_c: dict[int, list[Tensor]] = {t: [] for t in timesteps}
+    one_last: dict[int, list[Tensor]] = {t: [] for t in timesteps}
+    one_seq: dict[int, list[Tensor]] = {t: [] for t in timesteps}
     try:
         for batch in batches:
             batch = batch.to(device)
@@ -65,14 +66,11 @@ def diffusion_cosine_trace(model: T2Diff, batches: Iterable[Batch]) -> list[dict
             z0 = model.diffusion_target(xd, model.item_inputs(batch.target))  # true z0 (eq. 10–11)
             mask = model.kl_mask(batch)  # [B, L]
             gen = model.eval_generator(device)
-            trace: list[tuple[int, Tensor]] = []
-            model.schedule.reverse_chain(lambda z, t, xd=xd: model.approximate(z, xd, t), tuple(xd.shape),
-                                         device=device, dtype=xd.dtype, trace=trace,
-                                         noise_fn=model.chain_noise(batch.seq, xd.dtype))  # Alg. 2, as evaluated
+            _, trace = model.sample_xhat(xd, batch.seq, trace=True)  # Alg. 2, exactly as evaluated
             for t, z0_hat in trace:
                 last[t].append(F.cosine_similarity(z0_hat[:, -1], z0[:, -1], dim=-1).cpu())
                 seq_c[t].append(_cos_seq(z0_hat, z0, mask).cpu())
-            for t in range(1, steps + 1):  # one-step prediction from the noised true z0 (Alg. 1)
+            for t in reversed(timesteps):  # one-step prediction from the noised true z0 (Alg. 1), t ascending
                 noise = torch.randn(xd.shape, generator=gen, device=device, dtype=xd.dtype)
                 tt = torch.full((xd.shape[0],), t, dtype=torch.long, device=device)
                 z0_hat = model.approximate(model.schedule.q_sample(z0, tt, noise), xd, tt)
@@ -81,14 +79,14 @@ def diffusion_cosine_trace(model: T2Diff, batches: Iterable[Batch]) -> list[dict
     finally:
         model.train(was_training)
     rows: list[dict[str, float]] = []
-    if not last[1]:
+    if not last[timesteps[0]]:
         return rows
-    for t in range(steps, 0, -1):
+    for i, t in enumerate(timesteps):
         c = torch.cat(last[t])
         q = torch.quantile(c, torch.tensor([0.1, 0.5, 0.9]))
         rows.append({
             "t": t,
-            "iteration": steps - t + 1,
+            "iteration": i + 1,
             "n": int(c.numel()),
             "cos_last_mean": float(c.mean()),
             "cos_last_p10": float(q[0]),
@@ -164,9 +162,9 @@ def xhat_source_metrics(model: T2Diff, ds: PreparedDataset, ex: Examples, max_le
       tower (Alg. 1): it sees the target, so it is an oracle, and its gap to ``chain`` is the train / inference
       mismatch.
     """
-    if not model.cfg.diffusion:
-        raise ValueError("xhat_source_metrics needs a T2Diff model with diffusion=True")
-    parsed = [parse_xhat_source(s, model.schedule.steps) for s in sources]
+    if not model.cfg.diffusion.enabled:
+        raise ValueError("xhat_source_metrics needs a T2Diff model with diffusion.enabled=true")
+    parsed = [parse_xhat_source(s, model.cfg.diffusion.steps) for s in sources]
     gen = torch.Generator(device=device)
 
     def user_fn(batch: Batch, kind: str, r: int) -> Tensor:  # e_u [B, D'] with x_hat from one source
@@ -174,7 +172,7 @@ def xhat_source_metrics(model: T2Diff, ds: PreparedDataset, ex: Examples, max_le
             raise ValueError("xhat_source_metrics needs a known target (> 0) for every example")
         x = model.item_inputs(batch.seq)  # X_{1:n} [B, L, D]
         if kind == "chain":
-            x_hat = model._diffuse_infer(x, batch.seq)
+            x_hat = model.sample_xhat(x, batch.seq)
         elif kind == "none":
             x_hat = None
         elif kind == "last-item":
@@ -184,7 +182,7 @@ def xhat_source_metrics(model: T2Diff, ds: PreparedDataset, ex: Examples, max_le
             rr = torch.full((x.shape[0],), r, dtype=torch.long, device=x.device)
             noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
             x_hat = model.utilize(model.approximate(model.schedule.q_sample(z0, rr, noise), x, rr), x)
-        return model._user_vec(x, batch, x_hat)
+        return model.mixed_attention(x, batch, x_hat)
 
     out: dict[str, dict[str, float]] = {}
     for name, (kind, r) in zip(sources, parsed, strict=True):

@@ -56,11 +56,12 @@ def run(args: argparse.Namespace) -> int:
         model, cfg, ds = build_from_checkpoint(args.run_dir, args.data)
     except (FileNotFoundError, ValueError) as e:
         return fail(str(e))
-    if not isinstance(model, T2Diff) or not model.cfg.diffusion:
+    if not isinstance(model, T2Diff) or not model.cfg.diffusion.enabled:
         return fail(f"{args.run_dir} is not a T2Diff run with a diffusion module (model {cfg.model['name']!r})")
+    dif = model.cfg.diffusion
     try:
         for src in args.xhat_sources or []:
-            parse_xhat_source(src, model.cfg.steps)
+            parse_xhat_source(src, dif.steps)
     except ValueError as e:
         return fail(str(e))
     split = build_split(cfg, ds)
@@ -78,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
         return fail("no example with a known target to trace")
     paths = write_trace(rows, args.out)
     meta = {"run": str(args.run_dir), "split": args.split, "protocol": cfg.data.protocol, "examples": n,
-            "seed": args.seed, "steps": model.cfg.steps, "drift": model.cfg.drift,
-            "eval_seed": model.cfg.eval_seed, "files": {k: str(v) for k, v in paths.items()}}
+            "seed": args.seed, "steps": dif.steps, "drift": dif.drift, "eval_seed": dif.eval_seed,
+            "files": {k: str(v) for k, v in paths.items()}}
     (Path(args.out) / "diagnose.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     first, last = rows[0], rows[-1]
-    print(f"{n} {args.split} examples, T = {model.cfg.steps}: cosine(z0_hat, z0) at the last position, mean "
+    print(f"{n} {args.split} examples, T = {dif.steps}: cosine(z0_hat, z0) at the last position, mean "
           f"{first['cos_last_mean']:.4f} (t = T) -> {last['cos_last_mean']:.4f} (t = 1); one step from "
           f"q(z_1|z0): {last['onestep_cos_last_mean']:.4f}")
     for p in paths.values():

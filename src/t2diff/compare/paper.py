@@ -10,7 +10,6 @@ from importlib import resources
 from typing import Any
 
 from t2diff.config import ConfigError, ExperimentConfig, from_dict, model_config
-from t2diff.models.base import SeqRecModel
 from t2diff.registry import MODELS, get_model_class
 
 # dataset -> (Table 2 metric columns, scale): the paper prints KuaiRand values multiplied by 10
@@ -48,7 +47,7 @@ def paper_table2(dataset: str) -> dict[str, PaperRow]:
 def paper_row(cfg: ExperimentConfig) -> str | None:
     """The Table 2 row a run's config reproduces; None for a model or variant the paper does not have."""
     cls = get_model_class(cfg.model["name"])
-    return _row(cls, model_config(cfg))
+    return cls.paper_row(model_config(cfg))
 
 
 def paper_method(model: dict[str, Any]) -> str | None:
@@ -58,15 +57,4 @@ def paper_method(model: dict[str, Any]) -> str | None:
     if name not in MODELS:
         return None
     cls = get_model_class(name)
-    return _row(cls, from_dict(cls.Config, section, f"model ({name})"))
-
-
-def _row(cls: type[SeqRecModel], mcfg: Any) -> str | None:
-    # TODO(lead): remove when T2Diff.paper_row exists (until then T2Diff inherits the base default, None)
-    if cls is MODELS["t2diff"] and "paper_row" not in vars(cls):
-        if not mcfg.diffusion:
-            return "Mixed-attention"
-        if mcfg.kl_positions != "all":
-            return None
-        return "T2Diff" if mcfg.drift else "W/O DP"
-    return cls.paper_row(mcfg)
+    return cls.paper_row(from_dict(cls.Config, section, "model"))

@@ -1,6 +1,8 @@
-"""Noise schedules and the Gaussian diffusion math of T2Diff (paper §3.1 and §4.2, eq. 1–6, 12–17).
+"""Noise schedules and the Gaussian diffusion math of T2Diff (paper §3.1 and §4.2, eq. 1–6, 12–14).
 
-No network code lives here: the approximator is any callable ``f(z_t, t) -> z0_hat``.
+Only the noise math lives here: betas, alphas, the forward process q(z_r | z0) and the posterior
+q(z_{t-1} | z_t, z0). How the reverse chain walks from z_T to z_0 (which steps, what noise) is a sampler's job
+(``diffusion.samplers``); no network code lives in either.
 
 Indexing: every buffer has ``T + 1`` entries and is indexed by the step ``r`` itself (1..T). Entry 0 is the
 clean state (``beta_0 = 0``, ``alpha_bar_0 = 1``), so ``alpha_bar[r - 1]`` is ``alpha_bar_{r-1}`` with no
@@ -20,13 +22,11 @@ usual DDPM cap, so that ``alpha_r = 1 - beta_r`` stays positive):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-SCHEDULES = ("exp", "linear", "log")
-REVERSE_NOISE = ("std", "var")
+SCHEDULES = ("exp", "linear", "log")  # the beta schedules make_betas knows (Table 3)
 
 
 def make_betas(
@@ -69,12 +69,9 @@ def _bcast(coef: Tensor, like: Tensor) -> Tensor:
 
 
 class NoiseSchedule(nn.Module):
-    """A fixed beta schedule with the forward (eq. 3, 14) and reverse (eq. 4–6, 17) Gaussian steps.
-
-    ``reverse_noise`` picks the scale of the reverse-step noise: ``"std"`` uses ``sqrt(beta_tilde_t)``, the
-    standard deviation of eq. 4 (default); ``"var"`` multiplies by ``beta_tilde_t`` itself, as eq. 17 is
-    printed and as the authors' code does.
-    """
+    """A fixed beta schedule (``name``, T = ``steps``, and ``make_betas``'s shape parameters) with the forward
+    step (eq. 3, 14) and the posterior of the reverse step (eq. 4–6). Buffers are non-persistent: they are
+    rebuilt from the config, never stored in a checkpoint."""
 
     betas: Tensor
     alphas: Tensor
@@ -90,19 +87,16 @@ class NoiseSchedule(nn.Module):
         self,
         name: str = "exp",
         steps: int = 50,
+        *,
         a: float = 0.01,
         b: float = 4.5,
         beta_start: float | None = None,
         beta_end: float | None = None,
         max_beta: float = 0.999,
-        reverse_noise: str = "std",
     ) -> None:
         super().__init__()
-        if reverse_noise not in REVERSE_NOISE:
-            raise ValueError(f"unknown reverse_noise {reverse_noise!r}; choose one of {REVERSE_NOISE}")
         self.name = name
         self.steps = steps
-        self.reverse_noise = reverse_noise
         b64 = make_betas(name, steps, a, b, beta_start, beta_end, max_beta=max_beta)  # [T], float64
         betas = torch.cat([torch.zeros(1, dtype=torch.float64), b64])  # [T+1], entry 0 = clean state
         alphas = 1.0 - betas  # alpha_r = 1 - beta_r
@@ -127,7 +121,7 @@ class NoiseSchedule(nn.Module):
             self.register_buffer(key, val.float(), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, steps={self.steps}, reverse_noise={self.reverse_noise!r}"
+        return f"name={self.name!r}, steps={self.steps}"
 
     # ---------------------------------------------------------------- forward process
     def sample_steps(self, n: int, device: torch.device | str | None = None,
@@ -151,50 +145,3 @@ class NoiseSchedule(nn.Module):
         mean = _bcast(self.post_coef_z0[t], zt) * z0 + _bcast(self.post_coef_zt[t], zt) * zt  # eq. 5
         var = _bcast(self.post_var[t], zt)  # eq. 6
         return mean, var
-
-    def p_step(self, z0_hat: Tensor, zt: Tensor, t: int, noise: Tensor | None = None) -> Tensor:
-        """One reverse step z_{t-1} = mu_tilde_t(z_t, z0_hat) + sigma_t eps' (eq. 16–17), t in 1..T.
-
-        sigma_t = sqrt(beta_tilde_t) (``reverse_noise="std"``) or beta_tilde_t (``"var"``, eq. 17 as printed).
-        At t = 1, beta_tilde_1 = 0 and mu_tilde_1 = z0_hat: z0_hat is returned as is (Alg. 2, last step)."""
-        if t == 1:
-            return z0_hat
-        mean, var = self.posterior_mean_variance(z0_hat, zt, t)  # eq. 5–6
-        if noise is None:
-            return mean
-        sigma = var.sqrt() if self.reverse_noise == "std" else var
-        return mean + sigma * noise  # eq. 17
-
-    def reverse_chain(
-        self,
-        approximator: Callable[[Tensor, Tensor], Tensor],
-        shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        trace: list[tuple[int, Tensor]] | None = None,
-        noise_fn: Callable[[int], Tensor] | None = None,
-    ) -> Tensor:
-        """The full reverse process (Alg. 2): z_T ~ N(0, I); for t = T..1: z0_hat = f(z_t, t) (eq. 15–16),
-        z_{t-1} = p_step(z0_hat, z_t, t) (eq. 17). Returns z_0 [shape].
-
-        ``approximator(z_t, t)`` gets z_t [shape] and t as a long tensor [shape[0]]. Noise is drawn from
-        ``generator`` (pass a seeded one for reproducible inference), or, if given, from ``noise_fn(k)``
-        [shape] with k = 0 for z_T and k = t for the noise of step t (e.g. keyed_noise: per-example noise).
-        ``trace``, if given, receives ``(t, z0_hat)`` at every step."""
-        device = self.betas.device if device is None else device
-
-        def draw(k: int) -> Tensor:
-            if noise_fn is not None:
-                return noise_fn(k)
-            return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
-        z = draw(0)  # z_T ~ N(0, I)
-        for t in range(self.steps, 0, -1):
-            tt = torch.full((shape[0],), t, dtype=torch.long, device=device)
-            z0_hat = approximator(z, tt)  # eq. 15–16
-            if trace is not None:
-                trace.append((t, z0_hat))
-            noise = draw(t) if t > 1 else None
-            z = self.p_step(z0_hat, z, t, noise)  # eq. 17
-        return z

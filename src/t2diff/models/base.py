@@ -36,6 +36,14 @@ class SeqRecModel(nn.Module):
     causal: ClassVar[bool] = False
     PAPER_ROW: ClassVar[str | None] = None  # this model's method name in the paper's Table 2, if it has one
 
+    def __init_subclass__(cls, config: type | None = None, paper_row: str | None = None, **kw: Any) -> None:
+        """``class MyModel(SeqRecModel, config=MyConfig, paper_row="MyModel")`` declares both in one line."""
+        super().__init_subclass__(**kw)
+        if config is not None:
+            cls.Config = config
+        if paper_row is not None:
+            cls.PAPER_ROW = paper_row
+
     @classmethod
     def paper_row(cls, cfg: Any) -> str | None:
         """The paper's Table 2 row (or ablation row) that the model config ``cfg`` (an instance of ``Config``)
@@ -69,6 +77,30 @@ class SeqRecModel(nn.Module):
     @torch.no_grad()
     def score(self, batch: Batch) -> Tensor:  # [B, num_items + 1]
         return self.user_embeddings(batch) @ self.item_embeddings().T
+
+
+class CausalEncoder(SeqRecModel):
+    """A model that encodes each position from the behaviours up to it (``encode(seq) -> [B, L, D]``) and
+    scores against its input item table ``self.item_emb`` (tied): the user vector is the state after the most
+    recent behaviour, and training puts a softmax loss at every position of the window (DESIGN §6)."""
+
+    causal = True
+    item_emb: nn.Embedding
+
+    def encode(self, seq: Tensor) -> Tensor:  # seq [B, L] -> [B, L, D]
+        raise NotImplementedError
+
+    def user_embeddings(self, batch: Batch) -> Tensor:
+        return self.encode(batch.seq)[:, -1]  # [B, D]: the state after the most recent behaviour
+
+    def item_embeddings(self) -> Tensor:
+        return self.item_emb.weight  # [I+1, D], tied with the input embedding
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        h = self.encode(batch.seq)  # [B, L, D]
+        keep = batch.pos_targets > 0  # [B, L]
+        loss = self.tower_loss(h[keep], batch.pos_targets[keep])
+        return loss, {"tower": loss.item()}
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -44,10 +44,7 @@ class BERT4RecConfig:
     last_mask_prob: float = 0.1  # fraction of training rows that mask only their last item (the target)
 
 
-class BERT4Rec(SeqRecModel):
-    Config = BERT4RecConfig
-    PAPER_ROW = "Bert4Rec"
-    causal = False
+class BERT4Rec(SeqRecModel, config=BERT4RecConfig, paper_row="Bert4Rec"):
 
     def __init__(self, cfg: BERT4RecConfig, info: DataInfo, objective: Objective | None = None) -> None:
         super().__init__(cfg, info, objective)

@@ -40,10 +40,7 @@ class CaserConfig:
     use_user: bool = False  # add the user embedding P_u (eq. 9); off: test users may be unseen
 
 
-class Caser(SeqRecModel):
-    Config = CaserConfig
-    PAPER_ROW = "Caser"
-    causal = False
+class Caser(SeqRecModel, config=CaserConfig, paper_row="Caser"):
 
     def __init__(self, cfg: CaserConfig, info: DataInfo, objective: Objective | None = None) -> None:
         super().__init__(cfg, info, objective)

@@ -64,10 +64,7 @@ def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class DAT(SideFeatures, SeqRecModel):
-    Config = DATConfig
-    PAPER_ROW = "DAT+"
-    causal = False
+class DAT(SideFeatures, SeqRecModel, config=DATConfig, paper_row="DAT+"):
 
     def __init__(self, cfg: DATConfig, info: DataInfo, objective: Objective | None = None) -> None:
         super().__init__(cfg, info, objective)

@@ -20,9 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from t2diff.batch import Batch
 from t2diff.losses import Objective
-from t2diff.models.base import DataInfo, SeqRecModel
+from t2diff.models.base import CausalEncoder, DataInfo
 
 
 @dataclass
@@ -44,10 +43,7 @@ def _roll_rows(x: Tensor, shift: Tensor) -> Tensor:
     return x.gather(1, idx.view(b, l, *([1] * (x.dim() - 2))).expand_as(x))
 
 
-class GRU4Rec(SeqRecModel):
-    Config = GRU4RecConfig
-    PAPER_ROW = "GRU4Rec"
-    causal = True
+class GRU4Rec(CausalEncoder, config=GRU4RecConfig, paper_row="GRU4Rec"):
 
     def __init__(self, cfg: GRU4RecConfig, info: DataInfo, objective: Objective | None = None) -> None:
         super().__init__(cfg, info, objective)
@@ -73,15 +69,3 @@ class GRU4Rec(SeqRecModel):
         h, _ = pad_packed_sequence(out, batch_first=True, total_length=l)  # [B, L, H], 0 past each length
         h = _roll_rows(h, -shift)  # [B, L, H], back to left padding
         return self.dense(h) * (seq > 0).unsqueeze(-1).to(h.dtype)  # [B, L, D]
-
-    def user_embeddings(self, batch: Batch) -> Tensor:
-        return self.encode(batch.seq)[:, -1]  # [B, D]: the state after the most recent behaviour
-
-    def item_embeddings(self) -> Tensor:
-        return self.item_emb.weight  # [I+1, D], tied with the input embedding
-
-    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        h = self.encode(batch.seq)  # [B, L, D]
-        keep = batch.pos_targets > 0  # [B, L]
-        loss = self.tower_loss(h[keep], batch.pos_targets[keep])
-        return loss, {"tower": loss.item()}

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from t2diff.batch import Batch
 from t2diff.losses import Objective
-from t2diff.models.base import DataInfo, SeqRecModel
+from t2diff.models.base import CausalEncoder, DataInfo
 from t2diff.models.layers import TransformerBlock, attention_mask
 
 
@@ -26,10 +25,7 @@ class SASRecConfig:
     emb_dropout: float = 0.2
 
 
-class SASRec(SeqRecModel):
-    Config = SASRecConfig
-    PAPER_ROW = "SASRec"
-    causal = True
+class SASRec(CausalEncoder, config=SASRecConfig, paper_row="SASRec"):
 
     def __init__(self, cfg: SASRecConfig, info: DataInfo, objective: Objective | None = None) -> None:
         super().__init__(cfg, info, objective)
@@ -55,15 +51,3 @@ class SASRec(SeqRecModel):
         for blk in self.blocks:
             x = blk(x, allow)
         return self.ln(x)
-
-    def user_embeddings(self, batch: Batch) -> Tensor:
-        return self.encode(batch.seq)[:, -1]  # [B, D]: the state after the most recent behaviour
-
-    def item_embeddings(self) -> Tensor:
-        return self.item_emb.weight  # [I+1, D], shared with the input embedding
-
-    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        h = self.encode(batch.seq)  # [B, L, D]
-        keep = batch.pos_targets > 0  # [B, L]
-        loss = self.tower_loss(h[keep], batch.pos_targets[keep])
-        return loss, {"tower": loss.item()}

@@ -9,7 +9,7 @@
 
 B is dynamic. The user and target inputs of a Batch are 0 as at serving (``Batch.from_histories``). The item
 tower's output is ``items.npy`` of the export (item vectors do not depend on the user), so there is no item
-graph. For T2Diff the graph unrolls the reverse chain's ``model.steps`` steps, keyed noise included.
+graph. For T2Diff the graph unrolls the reverse chain's steps (``T2Diff.reverse_steps``), keyed noise included.
 
 Exporter: the TorchScript one (``torch.onnx.export(dynamo=False)``). The dynamo exporter also gives exact graphs
 but took 6x longer on a 5-step T2Diff (about 45 s vs 8 s); the TorchScript tracer simply unrolls the chain
@@ -231,10 +231,10 @@ def sha256_file(path: Path) -> str:
 
 # ---- export ----------------------------------------------------------------------------------------------
 def _check_exportable(tower: UserTower) -> None:
-    cfg = tower.model.cfg
-    if getattr(cfg, "diffusion", False) and hasattr(cfg, "eval_seed") and cfg.eval_seed is None:
-        raise OnnxError(f"{tower.model_name}: model.eval_seed is None, so the reverse chain draws its noise from "
-                        "the global RNG and a user's vector is not a function of the history; there is no "
+    diffusion = getattr(tower.model.cfg, "diffusion", None)
+    if getattr(diffusion, "enabled", False) and diffusion.eval_seed is None:
+        raise OnnxError(f"{tower.model_name}: model.diffusion.eval_seed is None, so the reverse chain draws its "
+                        "noise from the global RNG and a user's vector is not a function of the history; there is no "
                         "deterministic graph to export (retrain or load with an eval_seed)")
 
 
@@ -285,7 +285,7 @@ def export_user_tower(tower: UserTower, out_dir: str | Path, sample: Batch, *, a
     dim = session.get_outputs()[0].shape[1]
     log(f"wrote {ONNX_FILE} (opset {opset}, inputs {[i['name'] for i in declared]}) in {export_s:.1f}s; "
         f"onnxruntime vs PyTorch max abs diff {check['max_abs_diff']:.3g} on {check['rows']} histories")
-    steps = getattr(tower.model.cfg, "steps", None) if getattr(tower.model.cfg, "diffusion", False) else None
+    steps = getattr(tower.model, "reverse_steps", None)
     return {
         "file": ONNX_FILE,
         "sha256": sha256_file(path),
