@@ -99,6 +99,12 @@ class DirectRunner:
             raise res
         return res
 
+    def arrived(self) -> None:  # the runners share one interface with the endpoint
+        pass
+
+    def left(self) -> None:
+        pass
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -116,6 +122,8 @@ class MicroBatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0  # counters for /health and tests
         self.jobs = 0
+        self.in_flight = 0  # requests inside the endpoint (``arrived`` / ``left``), queued or not yet
+        self._computing = 0  # jobs in batches being computed
 
     def _start(self) -> asyncio.Queue[tuple[Job, asyncio.Future[Answer]]]:
         # started lazily in the running loop, so the batcher also works without a lifespan (ASGI test clients)
@@ -129,6 +137,12 @@ class MicroBatcher:
         self._start().put_nowait((job, fut))
         return await fut
 
+    def arrived(self) -> None:
+        self.in_flight += 1
+
+    def left(self) -> None:
+        self.in_flight -= 1
+
     def _drain(self, batch: list[tuple[Job, asyncio.Future[Answer]]]) -> None:
         assert self._queue is not None
         while len(batch) < self.cfg.max_batch and not self._queue.empty():
@@ -140,16 +154,22 @@ class MicroBatcher:
         while True:
             batch = [await self._queue.get()]
             self._drain(batch)
-            if len(batch) < self.cfg.max_batch and self.cfg.max_wait_ms > 0:
+            # wait for company only when other requests are on their way (being validated, or answered and
+            # about to come back): a lone request is computed at once
+            others = self.in_flight - len(batch) - self._computing
+            if len(batch) < self.cfg.max_batch and self.cfg.max_wait_ms > 0 and others > 0:
                 await asyncio.sleep(self.cfg.max_wait_ms / 1000)
                 self._drain(batch)
             batch = [(j, f) for j, f in batch if not f.done()]  # callers that timed out
             if not batch:
                 continue
+            self._computing += len(batch)
             try:
                 results = await loop.run_in_executor(self.pool, answer_batch, self.retriever, [j for j, _ in batch])
             except Exception as e:  # the executor itself failed; never let a worker die
                 results = [e] * len(batch)
+            finally:
+                self._computing -= len(batch)
             self.batches += 1
             self.jobs += len(batch)
             for (_, fut), res in zip(batch, results, strict=True):
