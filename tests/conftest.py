@@ -51,16 +51,17 @@ def write_synthetic_log(path: Path, num_users: int = 60, num_items: int = 40, se
     return path
 
 
-@pytest.fixture
-def synthetic_prepared(tmp_path: Path) -> Path:
-    from t2diff.data.generic import ColumnSpec, read_interactions
-    from t2diff.data.prepare import FilterSpec, prepare
+@pytest.fixture(scope="session")
+def synthetic_prepared(tmp_path_factory) -> Path:
+    """The synthetic log prepared once per session through ``t2diff prepare`` (so its meta records the recipe).
+    Read-only: a test that changes or deletes it must copy it first."""
+    from t2diff.cli import main
 
-    log = write_synthetic_log(tmp_path / "log.csv")
-    inter = read_interactions(log, ColumnSpec(user="user", item="item", time="ts"))
-    out = tmp_path / "prepared"
-    prepare(inter, out, FilterSpec(), "generic")
-    return out
+    d = tmp_path_factory.mktemp("synthetic")
+    log = write_synthetic_log(d / "log.csv")
+    assert main(["prepare", "generic", "--input", str(log), "--user-col", "user", "--item-col", "item",
+                 "--time-col", "ts", "--out", str(d / "prepared")]) == 0
+    return d / "prepared"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -73,14 +74,31 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-# a SASRec that trains in about a second on the synthetic log
-TINY_SASREC = ["model.hidden=16", "model.num_blocks=1", "model.ffn_dim=32", "data.max_len=12",
-               "train.batch_size=16", "train.lr=0.005", "eval.ks=[5,10]", "train.epochs=1", "train.threads=1"]
+# One tiny model per registered model (dotted overrides): small enough for a CPU test, every code path on.
+TINY_MODEL: dict[str, list[str]] = {
+    "sasrec": ["model.hidden=16", "model.num_blocks=1", "model.ffn_dim=32"],
+    "t2diff": ["model.name=t2diff", "model.hidden=16", "model.diffusion.steps=3", "model.unet.levels=3",
+               "model.attention.session_len=4", "model.attention.heads=2", "model.attention.ffn_dim=32",
+               "model.attention.din_hidden=16", "model.attention.time_emb_dim=4", "model.attention.session_gap=30"],
+    "caser": ["model.name=caser", "model.hidden=16", "model.window=4", "model.use_user=true"],
+    "gru4rec": ["model.name=gru4rec", "model.embedding=16", "model.hidden=24"],
+    "bert4rec": ["model.name=bert4rec", "model.hidden=16", "model.num_blocks=1", "model.ffn_dim=32"],
+    "dat": ["model.name=dat", "model.embedding=16", "model.out_dim=16", "model.mlp_hidden=[24]"],
+}
+TINY_TRAIN = ["data.max_len=12", "train.batch_size=16", "train.lr=0.005", "eval.ks=[5,10]", "train.epochs=1",
+              "train.threads=1"]
+TINY_SASREC = [*TINY_MODEL["sasrec"], *TINY_TRAIN]  # a SASRec that trains in about a second on the synthetic log
+
+
+def tiny_config(prepared: Path, model: str = "sasrec", *extra: str):  # -> ExperimentConfig
+    """The tiny config of ``model`` on a prepared dataset; ``extra`` overrides come last."""
+    from t2diff.config import load_config
+
+    return load_config(None, [f"data.path={prepared}", *TINY_MODEL[model], *TINY_TRAIN, *extra])
 
 
 def train_tiny_run(folder: Path) -> Path:
     """Prepare the synthetic log (string ids, timestamps) under ``folder`` and train TINY_SASREC; the run dir."""
-    from t2diff.config import load_config
     from t2diff.data.generic import ColumnSpec, read_interactions
     from t2diff.data.prepare import FilterSpec, prepare
     from t2diff.train import Trainer
@@ -88,6 +106,6 @@ def train_tiny_run(folder: Path) -> Path:
     log = write_synthetic_log(folder / "log.csv")
     prepare(read_interactions(log, ColumnSpec(user="user", item="item", time="ts")), folder / "prepared",
             FilterSpec(), "generic")
-    Trainer(load_config(None, [f"data.path={folder / 'prepared'}", *TINY_SASREC]), folder / "run",
-            progress=False, log=lambda s: None).fit()
+    Trainer(tiny_config(folder / "prepared"), folder / "run", progress=False, log=lambda s: None).fit()
     return folder / "run"
+

@@ -228,3 +228,10 @@ def test_config_variants(name: str, overrides: dict) -> None:
     with torch.no_grad():
         u = model.user_embeddings(make_batch())
     assert u.shape[1] == model.item_embeddings().shape[1] and torch.isfinite(u).all()
+
+
+def test_every_registered_model_has_a_tiny_config() -> None:
+    """conftest.TINY_MODEL drives the tests that train or export every model: a new model adds its tiny size."""
+    from conftest import TINY_MODEL
+
+    assert set(TINY_MODEL) == set(MODELS)

@@ -17,7 +17,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 pytest.importorskip("faiss")
 
-from conftest import TINY_SASREC, train_tiny_run  # noqa: E402
+from conftest import TINY_MODEL, train_tiny_run  # noqa: E402
 
 from t2diff.batch import Batch  # noqa: E402
 from t2diff.cli import main  # noqa: E402
@@ -112,16 +112,7 @@ def test_keyed_noise_hash_is_bit_identical_in_onnxruntime(tmp_path):
 
 
 # ---- every model: onnxruntime == PyTorch, batch of one == row of a batch --------------------------------------
-MODELS = {
-    "sasrec": TINY_SASREC[:3],
-    "t2diff": ["model.name=t2diff", "model.hidden=16", "model.steps=3", "model.unet_levels=3", "model.session_len=4",
-               "model.num_heads=2", "model.session_ffn_dim=32", "model.din_hidden=16", "model.time_emb_dim=4",
-               "model.session_gap=30"],
-    "caser": ["model.name=caser", "model.hidden=16", "model.window=4", "model.use_user=true"],
-    "gru4rec": ["model.name=gru4rec", "model.embedding=16", "model.hidden=24"],
-    "bert4rec": ["model.name=bert4rec", "model.hidden=16", "model.num_blocks=1", "model.ffn_dim=32"],
-    "dat": ["model.name=dat", "model.embedding=16", "model.out_dim=16", "model.mlp_hidden=[24]"],
-}
+MODELS = TINY_MODEL
 
 
 @pytest.mark.parametrize("name", list(MODELS))

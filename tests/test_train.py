@@ -3,20 +3,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SASREC, tiny_config
 
-from t2diff.config import load_config
 from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import leave_one_out
 from t2diff.evaluate import rank_examples
 from t2diff.run import build_from_checkpoint
 from t2diff.train import Trainer, TrainingError
 
-SMALL = ["model.hidden=16", "model.num_blocks=1", "model.ffn_dim=32", "data.max_len=12",
-         "train.batch_size=16", "train.lr=0.005", "eval.ks=[5,10]", "train.select_metric=ndcg@10"]
-
 
 def _cfg(path, *extra):
-    return load_config(None, [f"data.path={path}", *SMALL, *extra])
+    return tiny_config(path, "sasrec", "train.select_metric=ndcg@10", *extra)
 
 
 def test_train_learns_and_writes_outputs(synthetic_prepared, tmp_path):
@@ -102,7 +99,7 @@ def test_cli_end_to_end(tmp_path):
     assert main(["prepare", "generic", "--input", str(log), "--user-col", "user", "--item-col", "item",
                  "--time-col", "ts", "--out", str(tmp_path / "p")]) == 0
     run = tmp_path / "run"
-    assert main(["train", "--run-dir", str(run), "--no-progress", f"data.path={tmp_path / 'p'}", *SMALL,
+    assert main(["train", "--run-dir", str(run), "--no-progress", f"data.path={tmp_path / 'p'}", *TINY_SASREC,
                  "train.epochs=2"]) == 0
     assert main(["evaluate", str(run), "--no-progress", "--ks", "1", "5"]) == 0
     m = json.loads((run / "metrics.json").read_text())
