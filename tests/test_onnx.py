@@ -187,7 +187,7 @@ def test_cli_export_writes_and_records_the_onnx_tower(run, onnx_export):
     assert 0 <= info["check"]["max_abs_diff"] <= ATOL
     assert info["versions"] == {"torch": torch.__version__, "onnx": __import__("onnx").__version__,
                                 "onnxruntime": ort.__version__}
-    assert info["sha256"] == onnx_tower.sha256_file(onnx_export / "user_tower.onnx")
+    assert info["sha256"] == onnx_tower.sha256(onnx_export / "user_tower.onnx")
 
     # exporting again without --onnx drops the graph: export.json never lists a file that is not there
     plain = onnx_export.parent / "export-plain"

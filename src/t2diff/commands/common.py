@@ -14,6 +14,20 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="dotted overrides, e.g. train.epochs=5 data.protocol=paper model.hidden=128")
 
 
+def command_parser(sub: argparse._SubParsersAction, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
+    """A command's parser; its --help description is the command module's docstring (one place for both)."""
+    return sub.add_parser(name, help=help, description=(doc or help).strip(),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """--runtime / --onnx-threads of the commands that run a user tower (serve, retrieve)."""
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="user tower runtime: the PyTorch model, or onnxruntime on the export's user_tower.onnx "
+                   "(needs an export made with `t2diff export --onnx`)")
+    p.add_argument("--onnx-threads", type=int, default=1, help="onnxruntime intra-op threads (--runtime onnx)")
+
+
 def add_progress_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -1,19 +1,20 @@
-"""``t2diff compare``: train and evaluate several models on one dataset and protocol; a table of the results."""
+"""``t2diff compare``: train and evaluate several models on one dataset and protocol; a table of the results.
+
+Train and evaluate each model (<config-dir>/<model>[-<protocol>].yaml, or --configs) on ONE prepared dataset and
+protocol with the same seeds; data.path must agree (or be overridden); protocol, split, seeds, max_len and eval.ks
+are forced to the first model's. Writes OUT/compare.md and OUT/compare.csv; each run goes to OUT/runs/<model>.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from t2diff.commands.common import add_progress_arg, fail
+from t2diff.commands.common import add_progress_arg, command_parser, fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="train several models under one protocol and tabulate them",
-                       description="Train and evaluate each model (<config-dir>/<model>[-<protocol>].yaml, or "
-                       "--configs) on ONE prepared dataset and protocol with the same seeds; data.path must agree "
-                       "(or be overridden); protocol, split, seeds, max_len and eval.ks are forced to the first "
-                       "model's. Writes OUT/compare.md and OUT/compare.csv; each run goes to OUT/runs/<model>.")
+    p = command_parser(sub, "compare", "train several models under one protocol and tabulate them", __doc__)
     p.add_argument("--models", nargs="+", default=[], help="registered model names")
     p.add_argument("--configs", nargs="+", default=[], type=Path, help="explicit config files instead of --models")
     p.add_argument("--config-dir", type=Path, default=Path("configs/ml-1m"),

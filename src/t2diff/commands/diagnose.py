@@ -6,7 +6,12 @@ the one-step prediction from the noised true z0 that training sees (Alg. 1), so 
 mismatch is visible. Writes ``diffusion_cosine_trace.csv`` and ``.png`` (diagnostics.write_trace).
 
 With ``--xhat-sources``, also ranks the whole split with x_hat from each named source (chain, none, last-item,
-onestep@R: see diagnostics.xhat_source_metrics) and writes ``xhat_sources.csv`` / ``.md``."""
+onestep@R: see diagnostics.xhat_source_metrics) and writes ``xhat_sources.csv`` / ``.md``.
+
+Run the inference reverse chain of a T2Diff checkpoint on N evaluation examples and record, at every reverse step,
+the cosine similarity of z0_hat to the true z0 (the drift, or X_{2:n+1} without drift preparation). Writes a CSV and
+a PNG to --out.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +20,12 @@ import json
 import math
 from pathlib import Path
 
-from t2diff.commands.common import add_progress_arg, fail
+from t2diff.commands.common import add_progress_arg, command_parser, fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("diagnose", help="Figure 4: cosine(z0_hat, z0) along T2Diff's reverse chain",
-                       description="Run the inference reverse chain of a T2Diff checkpoint on N evaluation examples "
-                       "and record, at every reverse step, the cosine similarity of z0_hat to the true z0 "
-                       "(the drift, or X_{2:n+1} without drift preparation). Writes a CSV and a PNG to --out.")
-    p.add_argument("run_dir", help="a T2Diff run directory (uses best.pt, else last.pt) or a .pt file")
+    p = command_parser(sub, "diagnose", "Figure 4: cosine(z0_hat, z0) along T2Diff's reverse chain", __doc__)
+    p.add_argument("run_dir", help="a T2Diff run directory (its selected checkpoint) or a .pt file")
     p.add_argument("--users", type=int, default=256, help="number of evaluation examples (one per user)")
     p.add_argument("--out", required=True, help="output folder for the CSV and the PNG")
     p.add_argument("--split", choices=["test", "valid"], default="test")

@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="full-ranking evaluation of a checkpoint",
                        description="Rank every item for every evaluated example; Recall/MRR/NDCG at each K. "
                        "Results are added under 'evaluate' in the run directory's metrics.json.")
-    p.add_argument("checkpoint", help="a run directory (uses best.pt, else last.pt) or a .pt file")
+    p.add_argument("checkpoint", help="a run directory (its selected checkpoint) or a .pt file")
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--ks", type=int, nargs="+", help="cut-offs (default: the run's eval.ks)")
     p.add_argument("--mask-seen", action="store_true", help="exclude items seen before the target")

@@ -1,20 +1,22 @@
 """``t2diff export``: item embeddings with original ids + inner-product index (+ ANN recall report, + ONNX user
-tower)."""
+tower).
+
+Write items.npy / item_ids.txt / items.parquet (original item ids), the FAISS inner-product index (index/) and
+export.json (checkpoint path + sha256). For the ANN kinds (ivf, hnsw, ivfpq), index_report.json gives recall@K
+against exact search, with real test users as queries. --onnx adds user_tower.onnx, checked against PyTorch on real
+test users.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from t2diff.commands.common import dump, fail
+from t2diff.commands.common import command_parser, dump, fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export item embeddings and an ANN index for serving",
-                       description="Write items.npy / item_ids.txt / items.parquet (original item ids), the FAISS "
-                       "inner-product index (index/) and export.json (checkpoint path + sha256). For the ANN kinds "
-                       "(ivf, hnsw, ivfpq), index_report.json gives recall@K against exact search, with real test "
-                       "users as queries. --onnx adds user_tower.onnx, checked against PyTorch on real test users.")
-    p.add_argument("checkpoint", help="a run directory (uses best.pt, else last.pt) or a .pt file")
+    p = command_parser(sub, "export", "export item embeddings and an ANN index for serving", __doc__)
+    p.add_argument("checkpoint", help="a run directory (its selected checkpoint) or a .pt file")
     p.add_argument("--out", required=True, help="export folder (created)")
     p.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivfpq"], default="flat",
                    help="flat = exact (default; right for catalogues up to ~1e5 items); ivfpq = IVF with 4-bit "

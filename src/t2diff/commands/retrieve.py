@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from t2diff.commands.common import fail
+from t2diff.commands.common import add_runtime_args, fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,10 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="users per forward pass (models with stochastic "
                    "inference, e.g. t2diff, draw noise per batch row: --batch-size 1 matches the service exactly)")
     p.add_argument("--data", help="prepared dataset (default: the one recorded in the checkpoint / export)")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="user tower runtime: the PyTorch model, or onnxruntime on the export's user_tower.onnx "
-                   "(needs an export made with `t2diff export --onnx`)")
-    p.add_argument("--onnx-threads", type=int, default=1, help="onnxruntime intra-op threads (--runtime onnx)")
+    add_runtime_args(p)
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import sys
 
-from t2diff.commands.common import fail
+from t2diff.commands.common import add_runtime_args, fail
 from t2diff.retrieval.limits import ServiceLimits
 
 
@@ -36,10 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--request-timeout", type=float, default=ServiceLimits.request_timeout_s,
                    help="seconds to read and answer a request; slower ones get a 408 (body) or 503 (answer)")
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="user tower runtime: the PyTorch model, or onnxruntime on the export's user_tower.onnx "
-                   "(needs an export made with `t2diff export --onnx`)")
-    p.add_argument("--onnx-threads", type=int, default=1, help="onnxruntime intra-op threads (--runtime onnx)")
+    add_runtime_args(p)
     p.set_defaults(func=run)
 
 

@@ -24,22 +24,17 @@ from torch import Tensor, nn
 from t2diff.batch import Batch
 from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
-from t2diff.models.layers import TransformerBlock, attention_mask
+from t2diff.models.layers import TransformerBlock, TransformerConfig, attention_mask
 
 
 @dataclass
-class BERT4RecConfig:
+class BERT4RecConfig(TransformerConfig):
     """Defaults: 2 blocks, 2 heads, hidden 64, FFN 256, dropout 0.2, mask ratio 0.2 are RecBole 1.2's
     BERT4Rec.yaml (the paper: hidden 64, 2 layers, 2 heads, mask proportion 0.2 on ML-1M).
     last_mask_prob = 0.1 is ours: the paper adds last-item-only samples without giving a ratio (RecBole's
     ft_ratio uses 0.5)."""
 
-    hidden: int = 64
-    num_blocks: int = 2
     num_heads: int = 2
-    ffn_dim: int = 256
-    dropout: float = 0.2
-    emb_dropout: float = 0.2
     mask_prob: float = 0.2  # fraction of real items replaced by [MASK] in a training window
     last_mask_prob: float = 0.1  # fraction of training rows that mask only their last item (the target)
 

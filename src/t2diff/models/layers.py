@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+@dataclass
+class TransformerConfig:
+    """The sizes every self-attention encoder here shares (SASRec, BERT4Rec)."""
+
+    hidden: int = 64
+    num_blocks: int = 2
+    num_heads: int = 1
+    ffn_dim: int = 256
+    dropout: float = 0.2
+    emb_dropout: float = 0.2
 
 
 class TransformerBlock(nn.Module):

@@ -12,17 +12,12 @@ from torch import Tensor, nn
 
 from t2diff.losses import Objective
 from t2diff.models.base import CausalEncoder, DataInfo
-from t2diff.models.layers import TransformerBlock, attention_mask
+from t2diff.models.layers import TransformerBlock, TransformerConfig, attention_mask
 
 
 @dataclass
-class SASRecConfig:
-    hidden: int = 64
-    num_blocks: int = 2
-    num_heads: int = 1
-    ffn_dim: int = 256
-    dropout: float = 0.2
-    emb_dropout: float = 0.2
+class SASRecConfig(TransformerConfig):
+    """hidden 64, 2 blocks, 1 head, FFN 256, dropout 0.2 (TransformerConfig's defaults)."""
 
 
 class SASRec(CausalEncoder, config=SASRecConfig, paper_row="SASRec"):

@@ -34,7 +34,6 @@ Every export is checked: onnxruntime and PyTorch on real test histories must agr
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import json
@@ -50,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
+from t2diff.data.prepare import sha256
 from t2diff.retrieval.user_tower import UserTower
 
 ONNX_FILE = "user_tower.onnx"
@@ -221,13 +221,6 @@ def check_parity(session: Any, tower: UserTower, batches: list[Batch], atol: flo
     return {"max_abs_diff": worst, "atol": atol, "rows": rows, "batch_sizes": [len(b) for b in batches]}
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 # ---- export ----------------------------------------------------------------------------------------------
 def _check_exportable(tower: UserTower) -> None:
@@ -288,7 +281,7 @@ def export_user_tower(tower: UserTower, out_dir: str | Path, sample: Batch, *, a
     steps = getattr(tower.model, "reverse_steps", None)
     return {
         "file": ONNX_FILE,
-        "sha256": sha256_file(path),
+        "sha256": sha256(path),
         "bytes": path.stat().st_size,
         "opset": opset,
         "exporter": "torch.onnx.export(dynamo=False) (TorchScript tracer)",
@@ -347,7 +340,7 @@ def load_onnx_tower(export_dir: str | Path, tower: UserTower, threads: int = 1, 
     if not meta or not path.is_file():
         raise OnnxError(f"{export_dir} has no ONNX user tower; export it with `t2diff export RUN --out "
                         f"{export_dir} --onnx`")
-    if sha256_file(path) != meta["sha256"]:
+    if sha256(path) != meta["sha256"]:
         raise OnnxError(f"{path} is not the file export.json describes (sha256 differs); export again")
     onnx_tower = OnnxUserTower(tower, make_session(path, threads), meta)
     if verify:
