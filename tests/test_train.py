@@ -210,3 +210,17 @@ def test_tampered_run_directory_is_refused(synthetic_prepared, tmp_path):
     torch.save(ck, run / "best.pt")
     with pytest.raises(checkpoint.CheckpointError, match="last.pt records epoch .* as the selected one"):
         checkpoint.resolve(run)
+
+
+def test_max_minutes_stops_after_the_crossing_epoch_and_resumes_to_the_same_result(synthetic_prepared, tmp_path):
+    full = Trainer(_cfg(synthetic_prepared, "train.epochs=3"), tmp_path / "a", progress=False,
+                   log=lambda s: None).fit()
+    logs: list[str] = []
+    cut = Trainer(_cfg(synthetic_prepared, "train.epochs=3", "train.max_minutes=1e-6"), tmp_path / "b",
+                  progress=False, log=logs.append).fit()
+    assert cut["epochs_run"] == 1 and "train.max_minutes=1e-06 reached after epoch 1" in cut["stopped"]
+    assert any("ETA" in line and line.startswith("epoch 1/3") for line in logs)
+    resumed = Trainer(_cfg(synthetic_prepared, "train.epochs=3"), tmp_path / "b", progress=False,
+                      log=lambda s: None).fit(resume=True)
+    assert "stopped" not in resumed and resumed["epochs_run"] == 3
+    assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]

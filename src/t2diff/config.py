@@ -84,6 +84,9 @@ class TrainConfig:
     # cover each target once (loo), no when it fixes the target positions (paper: the loss is on those only))
     all_positions: bool | None = None
     threads: int | None = None  # torch intra-op threads; None = torch default
+    # wall-clock budget of one `t2diff train` invocation: the epoch that crosses it is the last (committed, so
+    # --resume continues the same run); None = no limit
+    max_minutes: float | None = None
     report_max_over_epochs: bool = False  # paper: also report the authors' max-over-epochs test number
 
     def validate_config(self, where: str) -> None:
@@ -96,6 +99,8 @@ class TrainConfig:
         if self.loss == "sampled" and self.negative_sampler != "in_batch" and self.num_negatives < 1:
             raise ConfigError(f"{where}.num_negatives: sampler {self.negative_sampler!r} needs >= 1, "
                               f"got {self.num_negatives}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"{where}.max_minutes: must be > 0 (or null), got {self.max_minutes}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{where}.threads: must be >= 1 (or null), got {self.threads}")
 
@@ -312,7 +317,7 @@ def model_config(cfg: ExperimentConfig) -> Any:
     return from_dict(cls.Config, section, "model")
 
 
-BUDGET_KEYS = ("epochs", "patience")  # train keys a resumed run may change, to extend it
+BUDGET_KEYS = ("epochs", "patience", "max_minutes")  # train keys a resumed run may change, to extend it
 
 
 def same_run(saved: dict[str, Any], cfg: ExperimentConfig, ignore_budget: bool = True) -> bool:

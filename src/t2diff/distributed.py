@@ -34,6 +34,14 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on any: ranks must take the same decision (e.g. to stop)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
 
 def init_from_env(device: str) -> tuple[DistContext, str]:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); returns the context and the

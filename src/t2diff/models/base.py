@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
-from t2diff.losses import Objective, full_softmax_ce
+from t2diff.losses import Objective, chunked_softmax_ce
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class SeqRecModel(nn.Module):
     Config: ClassVar[type]
     causal: ClassVar[bool] = False
     PAPER_ROW: ClassVar[str | None] = None  # this model's method name in the paper's Table 2, if it has one
+    # True when leading columns that are padding in every row of a batch can be dropped without changing any
+    # output (positions are right-aligned and padding is masked): evaluation then batches by history length
+    padding_free: ClassVar[bool] = False
 
     def __init_subclass__(cls, config: type | None = None, paper_row: str | None = None, **kw: Any) -> None:
         """``class MyModel(SeqRecModel, config=MyConfig, paper_row="MyModel")`` declares both in one line."""
@@ -72,7 +75,7 @@ class SeqRecModel(nn.Module):
         """L_TOWER: softmax cross-entropy of ``user_vecs`` [N, D] against ``targets`` [N] (> 0)."""
         if self.tower_loss_fn is not None:
             return self.tower_loss_fn(user_vecs, targets, self.item_embeddings())
-        return full_softmax_ce(user_vecs, self.item_embeddings(), targets)
+        return chunked_softmax_ce(user_vecs, self.item_embeddings(), targets)
 
     @torch.no_grad()
     def score(self, batch: Batch) -> Tensor:  # [B, num_items + 1]

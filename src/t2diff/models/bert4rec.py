@@ -40,6 +40,7 @@ class BERT4RecConfig(TransformerConfig):
 
 
 class BERT4Rec(SeqRecModel, config=BERT4RecConfig, paper_row="Bert4Rec"):
+    padding_free = True  # right-aligned positions, padding masked out
 
     def __init__(self, cfg: BERT4RecConfig, info: DataInfo, objective: Objective | None = None) -> None:
         super().__init__(cfg, info, objective)
@@ -58,14 +59,16 @@ class BERT4Rec(SeqRecModel, config=BERT4RecConfig, paper_row="Bert4Rec"):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def encode(self, seq: Tensor) -> Tensor:  # seq [B, L] (may hold [MASK]) -> [B, L, D], bidirectional
+    def encode(self, seq: Tensor, last_only: bool = False) -> Tensor:
+        """seq [B, L] (may hold [MASK]) -> [B, L, D], bidirectional; ``last_only``: the last block computes only
+        the last position ([B, 1, D])."""
         l = seq.shape[1]
         pos = torch.arange(self.info.max_len - l, self.info.max_len, device=seq.device)  # right-aligned
         x = self.emb_drop(self.item_emb(seq) + self.pos_emb(pos))
         x = x * (seq > 0).unsqueeze(-1)
         allow = attention_mask(seq, causal=False)  # [MASK] > 0, so it is attended like an item
-        for blk in self.blocks:
-            x = blk(x, allow)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, allow, last_only=last_only and i == len(self.blocks) - 1)
         return F.gelu(self.head(self.ln(x)))  # eq. 7 without the output bias
 
     def window(self, batch: Batch) -> Tensor:  # [B, L]: seq[1:] + [target]; a row without target keeps seq
@@ -90,7 +93,7 @@ class BERT4Rec(SeqRecModel, config=BERT4RecConfig, paper_row="Bert4Rec"):
     def user_embeddings(self, batch: Batch) -> Tensor:
         mask = torch.full_like(batch.seq[:, :1], self.mask_id)
         seq = torch.cat([batch.seq[:, 1:], mask], dim=1)  # [B, L]: history, then the slot to predict
-        return self.encode(seq)[:, -1]  # [B, D]
+        return self.encode(seq, last_only=True)[:, -1]  # [B, D]: only the slot that is ranked
 
     def item_embeddings(self) -> Tensor:
         return self.item_emb.weight[: self.info.num_items + 1]  # [I+1, D]; never the [MASK] row

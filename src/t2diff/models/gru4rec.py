@@ -44,6 +44,7 @@ def _roll_rows(x: Tensor, shift: Tensor) -> Tensor:
 
 
 class GRU4Rec(CausalEncoder, config=GRU4RecConfig, paper_row="GRU4Rec"):
+    padding_free = True  # right-aligned positions, padding masked out
 
     def __init__(self, cfg: GRU4RecConfig, info: DataInfo, objective: Objective | None = None) -> None:
         super().__init__(cfg, info, objective)

@@ -37,13 +37,24 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.attn_drop = dropout
 
-    def forward(self, x: Tensor, allow: Tensor) -> Tensor:
-        """x [B, L, D]; allow [B, 1, L, L] bool, True where query i may attend to key j."""
+    def forward(self, x: Tensor, allow: Tensor, last_only: bool = False) -> Tensor:
+        """x [B, L, D]; allow [B, 1, L, L] bool, True where query i may attend to key j. ``last_only``: compute
+        only the last position's output ([B, 1, D]), attending to every key: what ranking needs from the last
+        block, at a fraction of its cost (the keys and values still come from all positions)."""
         b, l, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        h, dh = self.heads, d // self.heads
+        y = self.ln1(x)
+        if last_only:
+            w_q, w_kv = self.qkv.weight.split([d, 2 * d])  # rows: q, then k and v
+            b_q, b_kv = self.qkv.bias.split([d, 2 * d])
+            q = F.linear(y[:, -1:], w_q, b_q).view(b, 1, h, dh).transpose(1, 2)  # [B, H, 1, Dh]
+            k, v = F.linear(y, w_kv, b_kv).view(b, l, 2, h, dh).permute(2, 0, 3, 1, 4)  # [B, H, L, Dh] each
+            x, allow = x[:, -1:], allow[..., -1:, :]
+        else:
+            q, k, v = self.qkv(y).view(b, l, 3, h, dh).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=allow,
-                                           dropout_p=self.attn_drop if self.training else 0.0)  # [B, H, L, Dh]
-        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, l, d)))
+                                           dropout_p=self.attn_drop if self.training else 0.0)  # [B, H, Lq, Dh]
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, x.shape[1], d)))
         return x + self.drop(self.ffn(self.ln2(x)))
 
 

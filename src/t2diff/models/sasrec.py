@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from t2diff.batch import Batch
 from t2diff.losses import Objective
 from t2diff.models.base import CausalEncoder, DataInfo
 from t2diff.models.layers import TransformerBlock, TransformerConfig, attention_mask
@@ -21,6 +22,7 @@ class SASRecConfig(TransformerConfig):
 
 
 class SASRec(CausalEncoder, config=SASRecConfig, paper_row="SASRec"):
+    padding_free = True  # right-aligned positions, padding masked out
 
     def __init__(self, cfg: SASRecConfig, info: DataInfo, objective: Objective | None = None) -> None:
         super().__init__(cfg, info, objective)
@@ -37,12 +39,15 @@ class SASRec(CausalEncoder, config=SASRecConfig, paper_row="SASRec"):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def encode(self, seq: Tensor) -> Tensor:  # seq [B, L] -> [B, L, D]
+    def encode(self, seq: Tensor, last_only: bool = False) -> Tensor:  # seq [B, L] -> [B, L, D] ([B, 1, D])
         l = seq.shape[1]
         pos = torch.arange(self.info.max_len - l, self.info.max_len, device=seq.device)  # right-aligned
         x = self.emb_drop(self.item_emb(seq) + self.pos_emb(pos))
         x = x * (seq > 0).unsqueeze(-1)
         allow = attention_mask(seq, causal=True)
-        for blk in self.blocks:
-            x = blk(x, allow)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, allow, last_only=last_only and i == len(self.blocks) - 1)
         return self.ln(x)
+
+    def user_embeddings(self, batch: Batch) -> Tensor:
+        return self.encode(batch.seq, last_only=True)[:, -1]  # [B, D]: only the position that is ranked

@@ -1,0 +1,47 @@
+"""The chunked full-softmax cross-entropy equals the reference (values and gradients)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from t2diff.losses import chunked_softmax_ce, full_softmax_ce
+
+
+def _grads(f, u, w, t):
+    u = u.clone().requires_grad_(True)
+    w = w.clone().requires_grad_(True)
+    loss = f(u * 1.0, w * 1.0, t)  # through a product, as a model's tensors come: not leaves
+    loss.backward()
+    return loss.detach(), u.grad, w.grad
+
+
+@pytest.mark.parametrize(("n", "chunk"), [(1, 256), (7, 3), (300, 256), (512, 256), (1000, 1000)])
+def test_chunked_equals_reference(n, chunk):
+    g = torch.Generator().manual_seed(n)
+    num_items, d = 97, 12
+    u = 2 * torch.randn(n, d, generator=g)
+    w = 2 * torch.randn(num_items + 1, d, generator=g)
+    t = torch.randint(1, num_items + 1, (n,), generator=g)
+    t[: n // 3] = 5  # repeated targets inside a chunk
+    ref = _grads(full_softmax_ce, u, w, t)
+    got = _grads(lambda a, b, c: chunked_softmax_ce(a, b, c, chunk), u, w, t)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(got[2], ref[2], rtol=1e-4, atol=1e-7)
+    assert (got[2][0] == 0).all()  # the padding row gets no gradient
+
+
+def test_gradient_to_one_input_only_and_no_grad():
+    g = torch.Generator().manual_seed(0)
+    u, w = torch.randn(9, 4, generator=g), torch.randn(11, 4, generator=g)
+    t = torch.randint(1, 11, (9,), generator=g)
+    wr = w.clone().requires_grad_(True)
+    chunked_softmax_ce(u, wr, t, 4).backward()
+    wref = w.clone().requires_grad_(True)
+    full_softmax_ce(u, wref, t).backward()
+    torch.testing.assert_close(wr.grad, wref.grad, rtol=1e-4, atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_softmax_ce(u, w, t), full_softmax_ce(u, w, t))
+    with pytest.raises(ValueError, match="empty batch"):
+        chunked_softmax_ce(u[:0], w, t[:0])
