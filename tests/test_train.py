@@ -224,3 +224,18 @@ def test_max_minutes_stops_after_the_crossing_epoch_and_resumes_to_the_same_resu
                       log=lambda s: None).fit(resume=True)
     assert "stopped" not in resumed and resumed["epochs_run"] == 3
     assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
+
+
+def test_evaluate_masks_as_the_run_did_unless_told(synthetic_prepared, tmp_path, capsys):
+    import json
+
+    from t2diff.cli import main
+
+    run = tmp_path / "run"
+    Trainer(_cfg(synthetic_prepared, "eval.mask_seen=true"), run, progress=False, log=lambda s: None).fit()
+    assert main(["evaluate", str(run), "--no-progress"]) == 0
+    assert "(seen items masked)" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--no-progress", "--no-mask-seen"]) == 0
+    data = json.loads((run / "metrics.json").read_text())
+    assert data["evaluate_mask_seen"]["mask_seen"] is True and data["evaluate"]["mask_seen"] is False
+    assert data["evaluate_mask_seen"]["metrics"] == data["test"]  # the run's own test evaluation, masked

@@ -16,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a run directory (its selected checkpoint) or a .pt file")
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--ks", type=int, nargs="+", help="cut-offs (default: the run's eval.ks)")
-    p.add_argument("--mask-seen", action="store_true", help="exclude items seen before the target")
+    p.add_argument("--mask-seen", action=argparse.BooleanOptionalAction, default=None,
+                   help="exclude items seen before the target (default: as the run evaluated, eval.mask_seen)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--data", help="prepared dataset (default: the one in the checkpoint's config)")
     add_progress_arg(p)
@@ -38,12 +39,15 @@ def run(args: argparse.Namespace) -> int:
     if ex is None:
         return fail(f"protocol {cfg.data.protocol!r} has no {args.split} split")
     ks = args.ks or cfg.eval.ks
-    m = evaluate(model, ds, ex, cfg.data.max_len, ks, args.batch_size, args.mask_seen, not args.no_progress)
-    print(metrics_table({f"{cfg.model['name']} {args.split}": m}))
+    masked = cfg.eval.mask_seen if args.mask_seen is None else args.mask_seen
+    m = evaluate(model, ds, ex, cfg.data.max_len, ks, args.batch_size, masked, not args.no_progress)
+    print(metrics_table({f"{cfg.model['name']} {args.split}{' (seen items masked)' if masked else ''}": m}))
     run_dir = path if path.is_dir() else path.parent
     out_file = run_dir / "metrics.json"
     data = json.loads(out_file.read_text()) if out_file.exists() else {}
-    data["evaluate"] = {"checkpoint": str(path), "split": args.split, "mask_seen": args.mask_seen,
-                        "protocol": cfg.data.protocol, "tie_rule": TIE_RULE, "metrics": m}
+    # masked and unmasked results side by side: each has its own key
+    data["evaluate_mask_seen" if masked else "evaluate"] = {
+        "checkpoint": str(path), "split": args.split, "mask_seen": masked, "protocol": cfg.data.protocol,
+        "tie_rule": TIE_RULE, "metrics": m}
     out_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return 0
