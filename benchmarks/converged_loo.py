@@ -1,0 +1,102 @@
+"""The converged leave-one-out table on ML-1M: each run's selected epoch, test metrics with seen items masked
+(as the run evaluated) and not masked, epochs and wall time, beside the published numbers; and a PNG of
+validation NDCG@10 against wall time per model.
+
+    bash benchmarks/cpu_converge.sh            # trains (or resumes) runs/<model>-200 for every model
+    .venv/bin/python benchmarks/converged_loo.py runs/sasrec-200 runs/gru4rec-200 runs/bert4rec-200 \\
+        runs/caser-200 runs/dat-200
+
+Writes benchmarks/results/converged_loo.{md,json,png} (command, commit, machine: t2diff.provenance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from t2diff.evaluate import rank_examples
+from t2diff.provenance import provenance, write_json, write_markdown
+from t2diff.run import build_from_checkpoint, build_split
+
+# Published full-ranking LOO numbers on ML-1M (../shared/research/README.md §1) and how their protocol differs.
+PUBLISHED: dict[str, tuple[str, str]] = {
+    "sasrec": ("HR@10 0.3152, NDCG@10 0.1821", "Klenitskiy & Vasilev RecSys'23 SASRec+ (CE), max_len 200, masked"),
+    "bert4rec": ("HR@10 0.2843, NDCG@10 0.1537", "same paper, max_len 200, masked, 197 epochs"),
+    "gru4rec": ("HR@10 0.2776", "RecBole benchmark: ratings >= 3, 10-core filter, history 50, not masked"),
+    "caser": ("HR@10 0.2039", "RecBole benchmark: ratings >= 3, 10-core filter, not masked"),
+    "dat": ("-", "no published number on this protocol"),
+}
+KS = [10, 20]
+
+
+def row_of(run: Path) -> dict[str, Any]:
+    out = json.loads((run / "metrics.json").read_text())
+    hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    model, cfg, ds = build_from_checkpoint(run)
+    torch.set_num_threads(2)
+    test = build_split(cfg, ds).test
+    masked = rank_examples(model, ds, test, cfg.data.max_len, mask_seen=True).metrics(KS)
+    unmasked = rank_examples(model, ds, test, cfg.data.max_len, mask_seen=False).metrics(KS)
+    wall, curve = 0.0, []
+    for h in hist:
+        wall += h["seconds"]
+        curve.append((wall / 60, h["valid"]["ndcg@10"]))
+    name = cfg.model["name"]
+    return {"run": str(run), "model": name, "max_len": cfg.data.max_len, "epochs_run": out["epochs_run"],
+            "selected_epoch": out.get("selected_epoch"), "wall_minutes": round(wall / 60, 1),
+            "stopped": out.get("stopped", "early stopping" if out["epochs_run"] < cfg.train.epochs else "epochs"),
+            "test_masked": masked, "test_unmasked": unmasked, "curve": curve,
+            "published": PUBLISHED.get(name, ("-", ""))[0], "published_protocol": PUBLISHED.get(name, ("", "-"))[1]}
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        xs, ys = zip(*r["curve"], strict=True)
+        ax.plot(xs, ys, marker=".", label=r["model"])
+    ax.set_xlabel("wall time (minutes, 2-core CPU; training + per-epoch validation)")
+    ax.set_ylabel("validation NDCG@10 (seen items masked)")
+    ax.set_title("ML-1M leave-one-out, max_len 200")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args(argv)
+    prov = provenance(argv, __file__)
+    rows = [row_of(r) for r in args.runs if (r / "metrics.json").exists()]
+    write_json(args.out / "converged_loo.json", {"rows": rows}, prov)
+    plot(rows, args.out / "converged_loo.png")
+    md = ["# Converged leave-one-out on ML-1M (2-core CPU)", "",
+          "Test metrics of each run's selected epoch (validation NDCG@10, seen items masked, patience 10), ranked "
+          "over all 3,706 items, with seen items masked (as the references) and not; wall time = training plus "
+          "per-epoch validation. Curve: `converged_loo.png`.", "",
+          "| model | L | epochs | selected | wall min | stopped by | masked HR@10 | masked NDCG@10 | unmasked HR@10 | "
+          "unmasked NDCG@10 | published | their protocol |", "|---" * 12 + "|"]
+    for r in rows:
+        m, u = r["test_masked"], r["test_unmasked"]
+        md.append(f"| {r['model']} | {r['max_len']} | {r['epochs_run']} | {r['selected_epoch']} | "
+                  f"{r['wall_minutes']} | {r['stopped']} | {m['recall@10']:.4f} | {m['ndcg@10']:.4f} | {u['recall@10']:.4f} | "
+                  f"{u['ndcg@10']:.4f} | {r['published']} | {r['published_protocol']} |")
+    write_markdown(args.out / "converged_loo.md", "\n".join(md) + "\n", prov)
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
