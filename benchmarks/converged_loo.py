@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         m, u = r["test_masked"], r["test_unmasked"]
         md.append(f"| {r['model']} | {r['max_len']} | {r['epochs_run']} | {r['selected_epoch']} | "
-                  f"{r['wall_minutes']} | {r['stopped']} | {m['recall@10']:.4f} | {m['ndcg@10']:.4f} | {u['recall@10']:.4f} | "
-                  f"{u['ndcg@10']:.4f} | {r['published']} | {r['published_protocol']} |")
+                  f"{r['wall_minutes']} | {r['stopped']} | {m['recall@10']:.4f} | {m['ndcg@10']:.4f} | "
+                  f"{u['recall@10']:.4f} | {u['ndcg@10']:.4f} | {r['published']} | {r['published_protocol']} |")
     write_markdown(args.out / "converged_loo.md", "\n".join(md) + "\n", prov)
     print("\n".join(md))
     return 0
