@@ -109,3 +109,9 @@ def train_tiny_run(folder: Path) -> Path:
     Trainer(tiny_config(folder / "prepared"), folder / "run", progress=False, log=lambda s: None).fit()
     return folder / "run"
 
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A tiny trained SASRec run (TINY_SASREC on the synthetic log), one per test module that asks for it."""
+    return train_tiny_run(tmp_path_factory.mktemp("tinyrun"))

@@ -16,7 +16,6 @@ import torch
 
 pytest.importorskip("faiss")
 
-from conftest import train_tiny_run  # noqa: E402
 
 from t2diff.batch import Batch  # noqa: E402
 from t2diff.cli import main  # noqa: E402
@@ -25,13 +24,6 @@ from t2diff.retrieval.index import ItemIndex  # noqa: E402
 from t2diff.retrieval.requests import InputError  # noqa: E402
 from t2diff.retrieval.user_tower import UserTower  # noqa: E402
 from t2diff.run import build_from_checkpoint  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("serve")
-    train_tiny_run(d)
-    return d / "run"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 pytest.importorskip("faiss")
 
-from conftest import TINY_MODEL, train_tiny_run  # noqa: E402
+from conftest import TINY_MODEL  # noqa: E402
 
 from t2diff.batch import Batch  # noqa: E402
 from t2diff.cli import main  # noqa: E402
@@ -34,13 +34,6 @@ from t2diff.retrieval.onnx_tower import (  # noqa: E402
 from t2diff.retrieval.user_tower import UserTower  # noqa: E402
 
 ATOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("onnx")
-    train_tiny_run(d)
-    return d / "run"
 
 
 @pytest.fixture(scope="module")
