@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from t2diff import losses
 from t2diff.config import load_config
 from t2diff.data.batching import make_batch
-from t2diff.provenance import provenance, write_json, write_markdown
+from t2diff.provenance import markdown_table, provenance, write_json, write_markdown
 from t2diff.run import assemble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,16 +151,14 @@ def main(argv: list[str] | None = None) -> int:
           f"Config `{args.config}`, L = {args.max_len}, batches of 128 epoch windows; {args.steps} timed steps after"
           " 2 warm-up steps. Targets = softmax cross-entropy terms (RecBole: samples, one target each). Floor = "
           "the step's counted FLOPs at the same-run matmul rate of the output layer's shape.", "",
-          "| threads | ours targets/s | ms/step | reference (full logits) targets/s | speed-up | sampled softmax "
-          "targets/s | step GFLOP | matmul GFLOP/s | floor ms/step | step / floor | RecBole samples/s | "
-          "ours / RecBole |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        rb = r.get("recbole", {})
-        md.append(f"| {r['threads']} | {r['ours_targets_per_s']} | {r['ours_ms_per_step']} | "
-                  f"{r['reference_targets_per_s']} | {r['speedup_over_reference']}x | {r['sampled_targets_per_s']} | "
-                  f"{r['step_gflop']} | "
-                  f"{r['matmul_gflop_per_s']} | {r['floor_ms_per_step']} | {r['step_over_floor']} | "
-                  f"{rb.get('samples_per_s', '-')} | {r.get('ours_over_recbole', '-')} |")
+          markdown_table(
+              ["threads", "ours targets/s", "ms/step", "reference (full logits) targets/s", "speed-up",
+               "sampled softmax targets/s", "step GFLOP", "matmul GFLOP/s", "floor ms/step", "step / floor",
+               "RecBole samples/s", "ours / RecBole"],
+              [[r["threads"], r["ours_targets_per_s"], r["ours_ms_per_step"], r["reference_targets_per_s"],
+                f"{r['speedup_over_reference']}x", r["sampled_targets_per_s"], r["step_gflop"],
+                r["matmul_gflop_per_s"], r["floor_ms_per_step"], r["step_over_floor"],
+                r.get("recbole", {}).get("samples_per_s", "-"), r.get("ours_over_recbole", "-")] for r in rows])]
     write_markdown(args.out / "train.md", "\n".join(md) + "\n", prov)
     print("\n".join(md))
     return 0

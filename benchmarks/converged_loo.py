@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from t2diff.evaluate import rank_examples
-from t2diff.provenance import provenance, write_json, write_markdown
+from t2diff.provenance import markdown_table, provenance, write_json, write_markdown
 from t2diff.run import build_from_checkpoint, build_split
 
 # Published full-ranking LOO numbers on ML-1M (../shared/research/README.md §1) and how their protocol differs.
@@ -86,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
           "Test metrics of each run's selected epoch (validation NDCG@10, seen items masked, patience 10), ranked "
           "over all 3,706 items, with seen items masked (as the references) and not; wall time = training plus "
           "per-epoch validation. Curve: `converged_loo.png`.", "",
-          "| model | L | epochs | selected | wall min | stopped by | masked HR@10 | masked NDCG@10 | unmasked HR@10 | "
-          "unmasked NDCG@10 | published | their protocol |", "|---" * 12 + "|"]
-    for r in rows:
-        m, u = r["test_masked"], r["test_unmasked"]
-        md.append(f"| {r['model']} | {r['max_len']} | {r['epochs_run']} | {r['selected_epoch']} | "
-                  f"{r['wall_minutes']} | {r['stopped']} | {m['recall@10']:.4f} | {m['ndcg@10']:.4f} | "
-                  f"{u['recall@10']:.4f} | {u['ndcg@10']:.4f} | {r['published']} | {r['published_protocol']} |")
+          markdown_table(
+              ["model", "L", "epochs", "selected", "wall min", "stopped by", "masked HR@10", "masked NDCG@10",
+               "unmasked HR@10", "unmasked NDCG@10", "published", "their protocol"],
+              [[r["model"], r["max_len"], r["epochs_run"], r["selected_epoch"], r["wall_minutes"], r["stopped"],
+                f"{r['test_masked']['recall@10']:.4f}", f"{r['test_masked']['ndcg@10']:.4f}",
+                f"{r['test_unmasked']['recall@10']:.4f}", f"{r['test_unmasked']['ndcg@10']:.4f}", r["published"],
+                r["published_protocol"]] for r in rows])]
     write_markdown(args.out / "converged_loo.md", "\n".join(md) + "\n", prov)
     print("\n".join(md))
     return 0

@@ -117,3 +117,9 @@ def test_json_and_csv_reports(tmp_path: Path) -> None:
     assert path.read_text().startswith("# command: .venv/bin/python benchmarks/b.py --k 5\n# commit: abc1234+dirty\n")
     df = pd.read_csv(path, comment="#")
     assert list(df.columns) == ["run", "x", "y"] and df["run"].tolist() == ["a", "b"]
+
+
+def test_markdown_table():
+    from t2diff.provenance import markdown_table
+
+    assert markdown_table(["a", "b"], [[1, "x"], [2.5, None]]) == "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 | None |"

@@ -170,6 +170,13 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table: one header row, then one row per sequence of cells (rendered with str)."""
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def write_markdown(path: str | Path, body: str, prov: Mapping[str, Any]) -> Path:
     p = _mkdir(Path(path))
     p.write_text(render_markdown(body, prov))

@@ -57,6 +57,7 @@ class Trainer:
         self.train_module = distributed.wrap(self.model, self.dist, device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.state = TrainState()
+        self.stopped: str | None = None
         self.ks = sorted(set(cfg.eval.ks) | {int(cfg.train.select_metric.split("@")[1])})
         ap = cfg.train.all_positions
         self.all_positions = self.split.fixed_train is None if ap is None else ap
@@ -171,7 +172,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(_yaml(cfg.to_dict()))
         has_valid = self.split.valid is not None
         started, first_epoch = time.perf_counter(), st.epoch
-        self.stopped = None
+        self.stopped = None  # why this invocation ended early (train.max_minutes), for metrics.json
         while st.epoch < cfg.train.epochs and not (has_valid and st.bad_epochs >= cfg.train.patience):
             epoch = st.epoch + 1
             t0 = time.perf_counter()
@@ -223,7 +224,7 @@ class Trainer:
                 out[MAX_LABEL] = {k: max(h["test"][k] for h in st.history) for k in st.history[-1]["test"]
                                   if is_metric(k)}
         out["world_size"] = self.dist.world
-        if getattr(self, "stopped", None):
+        if self.stopped:
             out["stopped"] = self.stopped  # the budget ended this invocation; the run is resumable
         if self.dist.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")

@@ -84,5 +84,3 @@ def parse_optional_timestamp(cell: Any, where: str) -> int | None:
 
 
 # The names these had in user_tower.py.
-_ints = parse_timestamps
-_opt_int = parse_optional_timestamp

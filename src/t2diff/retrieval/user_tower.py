@@ -22,11 +22,10 @@ from t2diff.batch import Batch
 from t2diff.config import ExperimentConfig
 from t2diff.models.base import SeqRecModel
 from t2diff.retrieval.ids import PAD, ItemCatalog, id_str
-from t2diff.retrieval.ids import id_str as _id_str  # noqa: F401  (old private names, still importable here)
 from t2diff.retrieval.index import ItemIndex
-from t2diff.retrieval.offline import RetrieveStats, _known, retrieve_frame  # noqa: F401
+from t2diff.retrieval.offline import RetrieveStats, retrieve_frame  # noqa: F401  (re-exported)
 from t2diff.retrieval.requests import MAX_HISTORY, InputError, validate_history
-from t2diff.retrieval.tables import _ints, _opt_int, parse_list, read_table  # noqa: F401
+from t2diff.retrieval.tables import parse_list, read_table  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from t2diff.data.prepared import PreparedDataset
