@@ -103,3 +103,53 @@ def test_every_config_loads(path: Path) -> None:
 
 def test_configs_found() -> None:
     assert any(p.name == "t2diff.yaml" for p in CONFIGS) and len(CONFIGS) >= 7
+
+
+CAUSAL = ["model.name=t2diff_causal", "model.hidden=16", "model.num_blocks=1", "model.num_heads=2",
+          "model.ffn_dim=32", "model.session_len=4", f"model.steps={STEPS}", "model.denoiser_hidden=32",
+          "data.max_len=12", "train.batch_size=32", "train.epochs=1", "train.threads=1", "eval.ks=[5,10]"]
+
+
+def _train_causal(data: Path, run: Path) -> Path:
+    Trainer(load_config(None, [f"data.path={data}", *CAUSAL]), run, progress=False, log=lambda s: None).fit()
+    return run
+
+
+def test_diagnose_and_xhat_sources_work_for_the_causal_variant(synthetic_prepared: Path, tmp_path: Path) -> None:
+    from t2diff.diagnostics import xhat_source_metrics
+    from t2diff.evaluate import evaluate
+    from t2diff.run import build_from_checkpoint, build_split
+
+    run = _train_causal(synthetic_prepared, tmp_path / "run")
+    out = tmp_path / "fig4"
+    # the default chain (ddim, 2 steps) and a 5-step one chosen at inference
+    assert main(["diagnose", str(run), "--users", "7", "--out", str(out), "--no-progress"]) == 0
+    rows = list(csv.DictReader((out / "diffusion_cosine_trace.csv").open()))
+    assert [int(r["t"]) for r in rows] == [STEPS, 1] and all(int(r["n"]) == 7 for r in rows)
+    assert main(["diagnose", str(run), "--users", "7", "--out", str(out), "--no-progress", "--steps", "5"]) == 0
+    rows = list(csv.DictReader((out / "diffusion_cosine_trace.csv").open()))
+    assert len(rows) == 5 and all(math.isfinite(float(v)) for r in rows for v in r.values())
+    assert json.loads((out / "diagnose.json").read_text())["visited_steps"] == 5
+
+    model, cfg, ds = build_from_checkpoint(run)
+    ex = build_split(cfg, ds).test
+    ref = evaluate(model, ds, ex, cfg.data.max_len, [5, 10], batch_size=5)
+    res = xhat_source_metrics(model, ds, ex, cfg.data.max_len, [5, 10], ["chain", "none", "last-item", "onestep@1"],
+                              batch_size=3)
+    assert res["chain"] == ref  # the chain source is what evaluation computes, at any batch size
+    assert res["none"] != ref  # the crossing reads x_hat
+
+
+def test_evaluate_takes_the_sampler_at_inference(synthetic_prepared: Path, tmp_path: Path, capsys) -> None:
+    run = _train_causal(synthetic_prepared, tmp_path / "run")
+    assert main(["evaluate", str(run), "--no-progress", "--sampler", "ddim", "--steps", "5"]) == 0
+    data = json.loads((run / "metrics.json").read_text())
+    assert data["evaluate_ddim5"]["sampler"] == {"name": "ddim", "steps": 5}
+    assert main(["evaluate", str(run), "--no-progress", "--sampler", "ddpm", "--steps", "3"]) == 2
+    assert "inference_steps" in capsys.readouterr().err
+    sas = tmp_path / "sas"
+    Trainer(load_config(None, [f"data.path={synthetic_prepared}", "data.max_len=12", "model.hidden=16",
+                               "model.num_blocks=1", "train.epochs=1", "train.threads=1"]), sas, progress=False,
+            log=lambda s: None).fit()
+    assert main(["evaluate", str(sas), "--no-progress", "--steps", "2"]) == 2
+    assert "diffusion model" in capsys.readouterr().err

@@ -11,7 +11,16 @@ import pytest
 import torch
 from torch import Tensor
 
-from t2diff.diffusion import REVERSE_NOISE, SAMPLERS, DDPMSampler, NoiseSchedule, Sampler, make_betas, make_sampler
+from t2diff.diffusion import (
+    REVERSE_NOISE,
+    SAMPLERS,
+    DDIMSampler,
+    DDPMSampler,
+    NoiseSchedule,
+    Sampler,
+    make_betas,
+    make_sampler,
+)
 from t2diff.diffusion.keyed_noise import keyed_normal, row_keys
 
 
@@ -114,9 +123,11 @@ def test_seeded_generator_is_reproducible() -> None:
 
 def test_registry_and_timesteps() -> None:
     s = NoiseSchedule("exp", 6)
-    assert SAMPLERS == {"ddpm": DDPMSampler} and isinstance(make_sampler("ddpm", s), DDPMSampler)
-    with pytest.raises(ValueError, match="unknown sampler 'ddim'"):
-        make_sampler("ddim", s)
+    assert SAMPLERS == {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+    assert isinstance(make_sampler("ddpm", s), DDPMSampler)
+    assert isinstance(make_sampler("ddim", s, steps=2), DDIMSampler)
+    with pytest.raises(ValueError, match="unknown sampler 'dpm'"):
+        make_sampler("dpm", s)
     with pytest.raises(ValueError, match="reverse_noise"):
         DDPMSampler(s, "sigma")
     ddpm = DDPMSampler(s)
@@ -167,3 +178,48 @@ def test_a_sampler_may_visit_fewer_steps_than_t() -> None:
     assert [t for t, _ in trace] == [10, 7, 3] and model.reverse_steps == 3 and x_hat.shape == (6, 16)
     rows = diffusion_cosine_trace(model, [batch])
     assert [(r["t"], r["iteration"]) for r in rows] == [(10, 1), (7, 2), (3, 3)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10])
+def test_ddim_timesteps_and_an_oracle_lands_on_z0(n: int) -> None:
+    s = NoiseSchedule("linear", 10)
+    d = make_sampler("ddim", s, steps=n)
+    assert len(d.timesteps) == n and d.timesteps[0] == 10 and d.timesteps == sorted(set(d.timesteps), reverse=True)
+    assert n == 1 or d.timesteps[-1] == 1
+    z0 = torch.randn(3, 4)
+    seen: list[int] = []
+    out = d.sample(lambda z, t: seen.append(int(t[0])) or z0, (3, 4), generator=torch.Generator().manual_seed(1))
+    assert seen == d.timesteps and torch.allclose(out, z0, atol=1e-6)
+    with pytest.raises(ValueError, match="1..T = 10"):
+        d.set_timesteps(11)
+
+
+def test_ddim_eta0_is_deterministic_given_z_t_and_matches_its_closed_form() -> None:
+    s = NoiseSchedule("exp", 8)
+    d = make_sampler("ddim", s, steps=3)  # visits 8, 4 (rounded), 1
+    z_t, z0_hat = torch.randn(2, 5), torch.randn(2, 5)
+    t, prev = d.timesteps[0], d.timesteps[1]
+    a_t, a_s = s.alpha_bar[t], s.alpha_bar[prev]
+    eps = (z_t - a_t.sqrt() * z0_hat) / (1 - a_t).sqrt()
+    want = a_s.sqrt() * z0_hat + (1 - a_s).sqrt() * eps  # DDIM eq. 12 with sigma = 0
+    assert torch.allclose(d.step(z0_hat, t, z_t), want, atol=1e-6) and not d.needs_noise(t)
+    a = d.sample(_f, (2, 4, 3), generator=torch.Generator().manual_seed(0))
+    b = d.sample(_f, (2, 4, 3), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+
+
+def test_ddim_eta1_over_all_steps_is_the_ddpm_posterior() -> None:
+    """With eta = 1 and every step, DDIM's mean and noise scale are DDPM's mu_tilde and sqrt(beta_tilde)
+    (eq. 4-6): the two chains agree draw for draw."""
+    s = NoiseSchedule("linear", 12)
+    ddim, ddpm = DDIMSampler(s, eta=1.0), DDPMSampler(s, "std")
+    assert ddim.timesteps == ddpm.timesteps
+    for t in (12, 7, 2):
+        z_t, z0_hat, noise = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+        assert ddim.needs_noise(t) and ddpm.needs_noise(t)
+        assert torch.allclose(ddim.step(z0_hat, t, z_t, noise), ddpm.step(z0_hat, t, z_t, noise), atol=1e-5)
+    a = ddim.sample(_f, (2, 4, 3), generator=torch.Generator().manual_seed(7))
+    b = ddpm.sample(_f, (2, 4, 3), generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="eta"):
+        DDIMSampler(s, eta=1.5)

@@ -25,6 +25,26 @@ def choice(default: Any, choices: tuple[Any, ...]) -> Any:
     return field(default=default, metadata={"choices": choices})
 
 
+def at_least(default: int, low: int = 1) -> Any:
+    """An int field that must be >= ``low``."""
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"expected int, got {v!r}"
+        return None if v >= low else f"must be >= {low}, got {v}"
+    return field(default=default, metadata={"check": check})
+
+
+def check_fields(obj: Any, where: str) -> None:
+    """The ``choice`` / ``check`` rules of every field of the dataclass instance ``obj`` (the loader checks the
+    keys a file gives; this also covers Python construction and later edits). ``where``: its dotted key."""
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if "choices" in f.metadata and v not in f.metadata["choices"]:
+            raise ConfigError(f"{where}.{f.name}: {v!r} is not one of {', '.join(map(str, f.metadata['choices']))}")
+        if "check" in f.metadata and (msg := f.metadata["check"](v)) is not None:
+            raise ConfigError(f"{where}.{f.name}: {msg}")
+
+
 def _metric_problem(value: str) -> str | None:
     name, _, k = value.partition("@")
     if name not in METRICS or not k.isdigit() or int(k) < 1:

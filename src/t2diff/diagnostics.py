@@ -9,6 +9,10 @@ noised true z0 at the same t (what training sees, Alg. 1), so the train / infere
 ``xhat_source_metrics`` ranks a split with x_hat_{n+1} taken from other sources than the reverse chain (none,
 the last behaviour, one step from the noised *true* z0 as in training): how much the tower relies on x_hat, and
 how much of the training-time x_hat (which sees the target) is lost at inference.
+
+Both work for the faithful T2Diff and for our T2DiffCausal (``models.t2diff_causal``), whose generator makes one
+vector per position: its trace compares z0_hat with the true next behaviour (or drift) at the last position
+only, and its sources are the same four, with ``none`` = no generator (c_j is the crossing's query).
 """
 
 from __future__ import annotations
@@ -27,6 +31,21 @@ from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import Examples
 from t2diff.evaluate import rank_examples
 from t2diff.models.t2diff import T2Diff
+from t2diff.models.t2diff_causal import T2DiffCausal
+
+DiffusionModel = T2Diff | T2DiffCausal
+
+
+def has_diffusion(model: object) -> bool:
+    """Whether ``model`` is a T2Diff or T2DiffCausal with its generator switched on."""
+    if isinstance(model, T2Diff):
+        return model.cfg.diffusion.enabled
+    return isinstance(model, T2DiffCausal) and model.cfg.diffusion
+
+
+def diffusion_steps(model: DiffusionModel) -> int:
+    """T, the training steps of the model's schedule."""
+    return model.schedule.steps
 
 TRACE_COLUMNS = ("t", "iteration", "n", "cos_last_mean", "cos_last_p10", "cos_last_p50", "cos_last_p90",
                  "cos_seq_mean", "onestep_cos_last_mean", "onestep_cos_seq_mean")
@@ -38,23 +57,61 @@ def _cos_seq(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
     return F.cosine_similarity((a * m).flatten(1), (b * m).flatten(1), dim=-1)
 
 
+def _faithful_trace(model: T2Diff, batch: Batch, gen: torch.Generator | None, timesteps: list[int]
+                    ) -> dict[str, dict[int, Tensor]]:
+    """The faithful T2Diff: z0 is the whole drift sequence; cosines at the last position and over the sequence."""
+    xd = model.item_inputs(batch.seq)  # X_{1:n} [B, L, D]
+    z0 = model.diffusion_target(xd, model.item_inputs(batch.target))  # true z0 (eq. 10–11)
+    mask = model.kl_mask(batch)  # [B, L]
+    out: dict[str, dict[int, Tensor]] = {k: {} for k in ("last", "seq", "one_last", "one_seq")}
+    _, trace = model.sample_xhat(xd, batch.seq, trace=True)  # Alg. 2, exactly as evaluated
+    for t, z0_hat in trace:
+        out["last"][t] = F.cosine_similarity(z0_hat[:, -1], z0[:, -1], dim=-1)
+        out["seq"][t] = _cos_seq(z0_hat, z0, mask)
+    for t in reversed(timesteps):  # one-step prediction from the noised true z0 (Alg. 1), t ascending
+        noise = torch.randn(xd.shape, generator=gen, device=xd.device, dtype=xd.dtype)
+        tt = torch.full((xd.shape[0],), t, dtype=torch.long, device=xd.device)
+        z0_hat = model.approximate(model.schedule.q_sample(z0, tt, noise), xd, tt)
+        out["one_last"][t] = F.cosine_similarity(z0_hat[:, -1], z0[:, -1], dim=-1)
+        out["one_seq"][t] = _cos_seq(z0_hat, z0, mask)
+    return out
+
+
+def _causal_trace(model: T2DiffCausal, batch: Batch, gen: torch.Generator | None, timesteps: list[int]
+                  ) -> dict[str, dict[int, Tensor]]:
+    """T2DiffCausal: z0 is one vector, the next behaviour (or drift) after the last position."""
+    x, c = model.backbone(batch.seq, last_only=True)
+    x_prev, c = x[:, -1], c[:, 0]  # [B, D]
+    z0 = model.diffusion_x0(x_prev, model.item_inputs(batch.target))  # [B, D]
+    out: dict[str, dict[int, Tensor]] = {k: {} for k in ("last", "seq", "one_last", "one_seq")}
+    _, trace = model.sample_xhat(c, x_prev, model.eval_keys(batch.seq)[:, -1], trace=True)  # as evaluated
+    for t, z0_hat in trace:
+        out["last"][t] = out["seq"][t] = F.cosine_similarity(z0_hat, z0, dim=-1)
+    for t in reversed(timesteps):
+        noise = torch.randn(z0.shape, generator=gen, device=z0.device, dtype=z0.dtype)
+        tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
+        z0_hat = model.denoiser(model.schedule.q_sample(z0, tt, noise), tt, c)
+        out["one_last"][t] = out["one_seq"][t] = F.cosine_similarity(z0_hat, z0, dim=-1)
+    return out
+
+
 @torch.no_grad()
-def diffusion_cosine_trace(model: T2Diff, batches: Iterable[Batch]) -> list[dict[str, float]]:
+def diffusion_cosine_trace(model: DiffusionModel, batches: Iterable[Batch]) -> list[dict[str, float]]:
     """Per reverse step t (T first), the cosine similarity of z0_hat to the true z0 over all examples of
     ``batches`` with a known target: mean and 10/50/90th percentiles at the last position (the drift that
     makes x_hat_{n+1}, eq. 18), the mean over the whole sequence, and the same for the one-step prediction
-    from q(z_t | z0). One row per step the model's sampler visits (every t = T..1 for ddpm). Runs in eval mode
-    with the model's seeded generator; restores the mode after."""
-    if not model.cfg.diffusion.enabled:
+    from q(z_t | z0). One row per step the model's sampler visits (every t = T..1 for ddpm). Runs in eval mode;
+    the one-step noise comes from a generator seeded with the model's eval seed for each batch; restores the mode
+    after."""
+    if not has_diffusion(model):
         raise ValueError("diffusion_cosine_trace needs a T2Diff model with diffusion.enabled=true")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     timesteps = list(model.sampler.timesteps)  # chain order, largest t first
-    last: dict[int, list[Tensor]] = {t: [] for t in timesteps}
-    seq_c: dict[int, list[Tensor]] = {t: [] for t in timesteps}
-    one_last: dict[int, list[Tensor]] = {t: [] for t in timesteps}
-    one_seq: dict[int, list[Tensor]] = {t: [] for t in timesteps}
+    acc: dict[str, dict[int, list[Tensor]]] = {k: {t: [] for t in timesteps}
+                                               for k in ("last", "seq", "one_last", "one_seq")}
+    seed = model.cfg.diffusion.eval_seed if isinstance(model, T2Diff) else model.cfg.eval_seed
     try:
         for batch in batches:
             batch = batch.to(device)
@@ -62,27 +119,21 @@ def diffusion_cosine_trace(model: T2Diff, batches: Iterable[Batch]) -> list[dict
             if not bool(keep.any()):
                 continue
             batch = Batch(**{k: v[keep] for k, v in vars(batch).items()})
-            xd = model.item_inputs(batch.seq)  # X_{1:n} [B, L, D]
-            z0 = model.diffusion_target(xd, model.item_inputs(batch.target))  # true z0 (eq. 10–11)
-            mask = model.kl_mask(batch)  # [B, L]
-            gen = model.eval_generator(device)
-            _, trace = model.sample_xhat(xd, batch.seq, trace=True)  # Alg. 2, exactly as evaluated
-            for t, z0_hat in trace:
-                last[t].append(F.cosine_similarity(z0_hat[:, -1], z0[:, -1], dim=-1).cpu())
-                seq_c[t].append(_cos_seq(z0_hat, z0, mask).cpu())
-            for t in reversed(timesteps):  # one-step prediction from the noised true z0 (Alg. 1), t ascending
-                noise = torch.randn(xd.shape, generator=gen, device=device, dtype=xd.dtype)
-                tt = torch.full((xd.shape[0],), t, dtype=torch.long, device=device)
-                z0_hat = model.approximate(model.schedule.q_sample(z0, tt, noise), xd, tt)
-                one_last[t].append(F.cosine_similarity(z0_hat[:, -1], z0[:, -1], dim=-1).cpu())
-                one_seq[t].append(_cos_seq(z0_hat, z0, mask).cpu())
+            gen = None if seed is None else torch.Generator(device=device).manual_seed(int(seed))  # per batch
+            if isinstance(model, T2DiffCausal):
+                got = _causal_trace(model, batch, gen, timesteps)
+            else:
+                got = _faithful_trace(model, batch, gen, timesteps)
+            for key, per_t in got.items():
+                for t, v in per_t.items():
+                    acc[key][t].append(v.cpu())
     finally:
         model.train(was_training)
     rows: list[dict[str, float]] = []
-    if not last[timesteps[0]]:
+    if not acc["last"][timesteps[0]]:
         return rows
     for i, t in enumerate(timesteps):
-        c = torch.cat(last[t])
+        c = torch.cat(acc["last"][t])
         q = torch.quantile(c, torch.tensor([0.1, 0.5, 0.9]))
         rows.append({
             "t": t,
@@ -92,9 +143,9 @@ def diffusion_cosine_trace(model: T2Diff, batches: Iterable[Batch]) -> list[dict
             "cos_last_p10": float(q[0]),
             "cos_last_p50": float(q[1]),
             "cos_last_p90": float(q[2]),
-            "cos_seq_mean": float(torch.cat(seq_c[t]).mean()),
-            "onestep_cos_last_mean": float(torch.cat(one_last[t]).mean()),
-            "onestep_cos_seq_mean": float(torch.cat(one_seq[t]).mean()),
+            "cos_seq_mean": float(torch.cat(acc["seq"][t]).mean()),
+            "onestep_cos_last_mean": float(torch.cat(acc["one_last"][t]).mean()),
+            "onestep_cos_seq_mean": float(torch.cat(acc["one_seq"][t]).mean()),
         })
     return rows
 
@@ -150,7 +201,7 @@ def parse_xhat_source(name: str, steps: int) -> tuple[str, int]:
 
 
 @torch.no_grad()
-def xhat_source_metrics(model: T2Diff, ds: PreparedDataset, ex: Examples, max_len: int, ks: list[int],
+def xhat_source_metrics(model: DiffusionModel, ds: PreparedDataset, ex: Examples, max_len: int, ks: list[int],
                         sources: list[str], batch_size: int = 512, seed: int = 0,
                         device: str = "cpu") -> dict[str, dict[str, float]]:
     """Full-ranking metrics of ``ex`` (examples with a known target) for each x_hat source:
@@ -161,15 +212,32 @@ def xhat_source_metrics(model: T2Diff, ds: PreparedDataset, ex: Examples, max_le
     - ``onestep@R``: one approximator step from q(z_R | true z0) (eq. 14-15), the x_hat that training feeds the
       tower (Alg. 1): it sees the target, so it is an oracle, and its gap to ``chain`` is the train / inference
       mismatch.
+
+    T2DiffCausal: the same at the last position; ``none`` makes c_j the crossing's query (no generator).
     """
-    if not model.cfg.diffusion.enabled:
+    if not has_diffusion(model):
         raise ValueError("xhat_source_metrics needs a T2Diff model with diffusion.enabled=true")
-    parsed = [parse_xhat_source(s, model.cfg.diffusion.steps) for s in sources]
+    parsed = [parse_xhat_source(s, diffusion_steps(model)) for s in sources]
     gen = torch.Generator(device=device)
+
+    def causal_fn(batch: Batch, kind: str, r: int) -> Tensor:
+        assert isinstance(model, T2DiffCausal)
+        if kind != "onestep":
+            return model.user_embeddings_from(batch, kind)
+
+        def oracle(c: Tensor, x_prev: Tensor) -> Tensor:  # one step from q(z_R | true x0): uses the target
+            z0 = model.diffusion_x0(x_prev, model.item_inputs(batch.target))
+            rr = torch.full((z0.shape[0],), r, dtype=torch.long, device=z0.device)
+            noise = torch.randn(z0.shape, generator=gen, device=z0.device, dtype=z0.dtype)
+            return model.utilize(model.denoiser(model.schedule.q_sample(z0, rr, noise), rr, c), x_prev)
+
+        return model.user_embeddings_from(batch, "fn", oracle)
 
     def user_fn(batch: Batch, kind: str, r: int) -> Tensor:  # e_u [B, D'] with x_hat from one source
         if bool((batch.target <= 0).any()):
             raise ValueError("xhat_source_metrics needs a known target (> 0) for every example")
+        if isinstance(model, T2DiffCausal):
+            return causal_fn(batch, kind, r)
         x = model.item_inputs(batch.seq)  # X_{1:n} [B, L, D]
         if kind == "chain":
             x_hat = model.sample_xhat(x, batch.seq)

@@ -9,6 +9,7 @@ from t2diff.models.dat import DAT
 from t2diff.models.gru4rec import GRU4Rec
 from t2diff.models.sasrec import SASRec
 from t2diff.models.t2diff import T2Diff
+from t2diff.models.t2diff_causal import T2DiffCausal
 
 MODELS: dict[str, type[SeqRecModel]] = {
     "sasrec": SASRec,
@@ -17,6 +18,7 @@ MODELS: dict[str, type[SeqRecModel]] = {
     "bert4rec": BERT4Rec,
     "dat": DAT,
     "t2diff": T2Diff,
+    "t2diff_causal": T2DiffCausal,  # ours: every position in one pass, few-step generator (issue 14)
 }
 
 

@@ -28,6 +28,28 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx-threads", type=int, default=1, help="onnxruntime intra-op threads (--runtime onnx)")
 
 
+def add_sampler_args(p: argparse.ArgumentParser) -> None:
+    """--sampler / --steps: the reverse chain of a diffusion model (T2Diff, T2DiffCausal), chosen at inference."""
+    p.add_argument("--sampler", choices=["ddpm", "ddim"],
+                   help="reverse-chain sampler at inference (default: the run's); ddim may visit fewer steps")
+    p.add_argument("--steps", type=int, help="steps the sampler visits (default: all T with --sampler, else the run's)")
+
+
+def apply_sampler(model: Any, args: argparse.Namespace) -> str | None:
+    """Swap the model's inference sampler as --sampler / --steps ask; an error message, or None."""
+    if args.sampler is None and args.steps is None:
+        return None
+    if not hasattr(model, "set_sampler"):
+        return f"--sampler / --steps need a diffusion model; {type(model).__name__} has no reverse chain"
+    sampler = model.sampler
+    name = args.sampler or sampler.name
+    try:
+        model.set_sampler(name, args.steps)
+    except ValueError as e:  # ConfigError included: the combination the model rejects, with its key
+        return str(e)
+    return None
+
+
 def add_progress_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from t2diff.commands.common import add_progress_arg, command_parser, fail
+from t2diff.commands.common import add_progress_arg, add_sampler_args, apply_sampler, command_parser, fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--xhat-sources", nargs="+", metavar="SRC",
                    help="also rank every example of the split with x_hat from each source: chain (as evaluated), "
                    "none, last-item, onestep@R (one step from q(z_R | true z0): sees the target, as in training)")
+    add_sampler_args(p)
     add_progress_arg(p)
     p.set_defaults(func=run)
 
@@ -46,8 +47,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from t2diff.data.batching import iterate_batches
-    from t2diff.diagnostics import diffusion_cosine_trace, parse_xhat_source, write_trace, xhat_source_metrics
-    from t2diff.models.t2diff import T2Diff
+    from t2diff.diagnostics import (
+        diffusion_cosine_trace,
+        diffusion_steps,
+        has_diffusion,
+        parse_xhat_source,
+        write_trace,
+        xhat_source_metrics,
+    )
     from t2diff.run import build_from_checkpoint, build_split
 
     if args.users < 1:
@@ -58,12 +65,14 @@ def run(args: argparse.Namespace) -> int:
         model, cfg, ds = build_from_checkpoint(args.run_dir, args.data)
     except (FileNotFoundError, ValueError) as e:
         return fail(str(e))
-    if not isinstance(model, T2Diff) or not model.cfg.diffusion.enabled:
+    if not has_diffusion(model):
         return fail(f"{args.run_dir} is not a T2Diff run with a diffusion module (model {cfg.model['name']!r})")
-    dif = model.cfg.diffusion
+    if (err := apply_sampler(model, args)) is not None:
+        return fail(err)
+    steps = diffusion_steps(model)
     try:
         for src in args.xhat_sources or []:
-            parse_xhat_source(src, dif.steps)
+            parse_xhat_source(src, steps)
     except ValueError as e:
         return fail(str(e))
     split = build_split(cfg, ds)
@@ -81,12 +90,14 @@ def run(args: argparse.Namespace) -> int:
         return fail("no example with a known target to trace")
     paths = write_trace(rows, args.out)
     meta = {"run": str(args.run_dir), "split": args.split, "protocol": cfg.data.protocol, "examples": n,
-            "seed": args.seed, "steps": dif.steps, "drift": dif.drift, "eval_seed": dif.eval_seed,
+            "seed": args.seed, "steps": steps, "sampler": model.sampler.name, "visited_steps": model.reverse_steps,
+            "model": cfg.model["name"], "model_config": cfg.model,
             "files": {k: str(v) for k, v in paths.items()}}
     (Path(args.out) / "diagnose.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     first, last = rows[0], rows[-1]
-    print(f"{n} {args.split} examples, T = {dif.steps}: cosine(z0_hat, z0) at the last position, mean "
-          f"{first['cos_last_mean']:.4f} (t = T) -> {last['cos_last_mean']:.4f} (t = 1); one step from "
+    print(f"{n} {args.split} examples, T = {steps}, {model.sampler.name} over {model.reverse_steps} steps: "
+          f"cosine(z0_hat, z0) at the last position, mean {first['cos_last_mean']:.4f} (t = T) -> "
+          f"{last['cos_last_mean']:.4f} (t = 1); one step from "
           f"q(z_1|z0): {last['onestep_cos_last_mean']:.4f}")
     for p in paths.values():
         print(f"wrote {p}")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from t2diff.commands.common import add_progress_arg, fail, metrics_table
+from t2diff.commands.common import add_progress_arg, add_sampler_args, apply_sampler, fail, metrics_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="exclude items seen before the target (default: as the run evaluated, eval.mask_seen)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--data", help="prepared dataset (default: the one in the checkpoint's config)")
+    add_sampler_args(p)
     add_progress_arg(p)
     p.set_defaults(func=run)
 
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         model, cfg, ds = build_from_checkpoint(path, args.data)
     except (FileNotFoundError, ValueError) as e:
         return fail(str(e))
+    if (err := apply_sampler(model, args)) is not None:
+        return fail(err)
     split = build_split(cfg, ds)
     ex = split.test if args.split == "test" else split.valid
     if ex is None:
@@ -46,8 +49,13 @@ def run(args: argparse.Namespace) -> int:
     out_file = run_dir / "metrics.json"
     data = json.loads(out_file.read_text()) if out_file.exists() else {}
     # masked and unmasked results side by side: each has its own key
-    data["evaluate_mask_seen" if masked else "evaluate"] = {
-        "checkpoint": str(path), "split": args.split, "mask_seen": masked, "protocol": cfg.data.protocol,
-        "tie_rule": TIE_RULE, "metrics": m}
+    entry = {"checkpoint": str(path), "split": args.split, "mask_seen": masked, "protocol": cfg.data.protocol,
+             "tie_rule": TIE_RULE, "metrics": m}
+    key = "evaluate_mask_seen" if masked else "evaluate"
+    if getattr(model, "sampler", None) is not None:  # the chain the numbers came from
+        entry["sampler"] = {"name": model.sampler.name, "steps": model.reverse_steps}
+        if args.sampler is not None or args.steps is not None:  # another chain than the run's: its own key
+            key += f"_{model.sampler.name}{model.reverse_steps}"
+    data[key] = entry
     out_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return 0

@@ -12,7 +12,9 @@ of step t, e.g. T2Diff's keyed per-history noise, ``diffusion.keyed_noise``), el
 global RNG), drawn in the chain's order: z_T first, then each step's noise after its approximator call.
 
 Registry: ``SAMPLERS[name]`` (config ``model.diffusion.sampler``). ``ddpm`` is the paper's chain, every one of
-the T steps with the posterior of eq. 4–6 and the noise of eq. 17.
+the T steps with the posterior of eq. 4–6 and the noise of eq. 17. ``ddim`` (Song et al., ICLR 2021) visits any
+``n <= T`` of the steps, deterministic at ``eta = 0``; the number of steps is chosen at inference, the network
+(trained on all T steps) is unchanged.
 """
 
 from __future__ import annotations
@@ -124,11 +126,62 @@ class DDPMSampler(Sampler):
         return mean + sigma * noise  # eq. 17
 
 
-SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler}
+class DDIMSampler(Sampler):
+    """DDIM (Song et al., ICLR 2021, eq. 12): from z0_hat and z_t, eps_hat = (z_t - sqrt(a_t) z0_hat) /
+    sqrt(1 - a_t) and z_s = sqrt(a_s) z0_hat + sqrt(1 - a_s - sigma^2) eps_hat + sigma eps', with a = alpha_bar,
+    s the next visited step and sigma = eta sqrt((1 - a_s) / (1 - a_t)) sqrt(1 - a_t / a_s). ``eta = 0``: no
+    noise at all (deterministic); ``eta = 1`` over all T steps is the DDPM posterior (eq. 4–6, tested).
+
+    ``set_timesteps(n)``: n of the T steps, evenly spaced from T down to 1 (n = 1: the single step T)."""
+
+    name = "ddim"
+
+    def __init__(self, schedule: NoiseSchedule, reverse_noise: str = "std", eta: float = 0.0) -> None:
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"DDIM eta must lie in [0, 1], got {eta}")
+        self.eta = eta
+        super().__init__(schedule, reverse_noise)
+
+    def __repr__(self) -> str:
+        return f"DDIMSampler(steps={len(self.timesteps)} of T={self.schedule.steps}, eta={self.eta})"
+
+    def set_timesteps(self, n: int) -> None:
+        t_max = self.schedule.steps
+        if not 1 <= n <= t_max:
+            raise ValueError(f"the ddim sampler visits 1..T = {t_max} steps; got {n}")
+        if n == 1:
+            self.timesteps = [t_max]
+            return
+        picked = torch.linspace(t_max, 1, n, dtype=torch.float64).round().long().tolist()  # T ... 1, distinct
+        self.timesteps = [int(t) for t in picked]
+
+    def needs_noise(self, t: int) -> bool:
+        return self.eta > 0 and self.prev_timestep(t) > 0
+
+    def step(self, model_output: Tensor, t: int, sample: Tensor, noise: Tensor | None = None) -> Tensor:
+        s = self.prev_timestep(t)
+        ab = self.schedule.alpha_bar
+        a_t, a_s = ab[t].to(sample.dtype), ab[s].to(sample.dtype)
+        if s == 0:  # a_0 = 1: the clean state is z0_hat itself
+            return model_output
+        eps = (sample - a_t.sqrt() * model_output) / (1.0 - a_t).clamp_min(1e-20).sqrt()
+        sigma2 = (self.eta ** 2) * (1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s)
+        out = a_s.sqrt() * model_output + (1.0 - a_s - sigma2).clamp_min(0.0).sqrt() * eps
+        if noise is not None and self.eta > 0:
+            out = out + sigma2.sqrt() * noise
+        return out
 
 
-def make_sampler(name: str, schedule: NoiseSchedule, reverse_noise: str = "std") -> Sampler:
-    """``SAMPLERS[name]`` over ``schedule``; ValueError naming the choices for an unknown name."""
+SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+
+
+def make_sampler(name: str, schedule: NoiseSchedule, reverse_noise: str = "std", steps: int | None = None,
+                 eta: float = 0.0) -> Sampler:
+    """``SAMPLERS[name]`` over ``schedule``, visiting ``steps`` of its T steps (None: all T; ddpm visits every
+    step); ``eta``: DDIM's noise scale. ValueError naming the choices for an unknown name."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {tuple(SAMPLERS)}")
-    return SAMPLERS[name](schedule, reverse_noise)
+    sampler = DDIMSampler(schedule, reverse_noise, eta) if name == "ddim" else SAMPLERS[name](schedule, reverse_noise)
+    if steps is not None:
+        sampler.set_timesteps(steps)
+    return sampler

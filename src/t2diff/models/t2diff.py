@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
-from t2diff.config import ConfigError, choice
+from t2diff.config import ConfigError, at_least, check_fields, choice
 from t2diff.data.sessions import session_mask
 from t2diff.diffusion.keyed_noise import keyed_normal, row_keys
 from t2diff.diffusion.samplers import REVERSE_NOISE, SAMPLERS, make_sampler
@@ -44,26 +44,6 @@ from t2diff.models.unet1d import PADDING_MODES, TIME_EMBS, UNet1D
 # of the layout before the sections (model.steps, model.diffusion=false, ...) still work: see LEGACY_KEYS.
 
 
-def _at_least(default: int, low: int = 1) -> Any:
-    """An int field that must be >= ``low``."""
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, int):
-            return f"expected int, got {v!r}"
-        return None if v >= low else f"must be >= {low}, got {v}"
-    return field(default=default, metadata={"check": check})
-
-
-def _check_fields(obj: Any, where: str) -> None:
-    """The ``choice`` / ``check`` rules of every field of the dataclass instance ``obj`` (the loader checks the
-    keys a file gives; this also covers Python construction and later edits). ``where``: its dotted key."""
-    for f in fields(obj):
-        v = getattr(obj, f.name)
-        if "choices" in f.metadata and v not in f.metadata["choices"]:
-            raise ConfigError(f"{where}.{f.name}: {v!r} is not one of {', '.join(map(str, f.metadata['choices']))}")
-        if "check" in f.metadata and (msg := f.metadata["check"](v)) is not None:
-            raise ConfigError(f"{where}.{f.name}: {msg}")
-
-
 class _Section:
     """A section of the model config; ``KEY`` is its name under ``model``. Checked on construction."""
 
@@ -73,7 +53,7 @@ class _Section:
         self.validate_config(f"model.{self.KEY}")
 
     def validate_config(self, where: str) -> None:
-        _check_fields(self, where)
+        check_fields(self, where)
 
 
 @dataclass
@@ -84,13 +64,14 @@ class DiffusionConfig(_Section):
     enabled: bool = True  # False = "mixed-attention only" ablation (no x_hat in the session)
     drift: bool = True  # False = "W/O DP" ablation: diffuse X_{2:n+1} itself instead of the drift (eq. 11)
     schedule: str = choice("exp", SCHEDULES)  # exp | linear | log (Table 3; formulas in diffusion.schedule)
-    steps: int = _at_least(50)  # T (Table 4: 10 / 50 / 200)
+    steps: int = at_least(50)  # T (Table 4: 10 / 50 / 200)
     beta_a: float = 0.01  # exp schedule: beta_r = a * exp(b * r / T) (eq. 13)
     beta_b: float = 4.5
     beta_start: float | None = None  # linear / log endpoints (None: DDPM's, scaled by 1000 / T)
     beta_end: float | None = None
     max_beta: float = 0.999  # cap on every beta_r, in (0, 1)
     sampler: str = choice("ddpm", tuple(SAMPLERS))  # the reverse chain at inference (diffusion.samplers); ddpm: Alg. 2
+    inference_steps: int | None = None  # steps the sampler visits (None: all T; ddim may visit fewer)
     # reverse-step noise scale: std = sqrt(beta_tilde) (eq. 4) | var = beta_tilde as eq. 17 prints it (authors)
     reverse_noise: str = choice("std", REVERSE_NOISE)
     # eval mode: the reverse chain's noise is a hash of (eval_seed, the user's history, step), so a user gets the
@@ -101,6 +82,10 @@ class DiffusionConfig(_Section):
         super().validate_config(where)
         if not 0.0 < self.max_beta < 1.0:
             raise ConfigError(f"{where}.max_beta: must lie in (0, 1), got {self.max_beta}")
+        n = self.inference_steps
+        if n is not None and not (1 <= n <= self.steps and (self.sampler != "ddpm" or n == self.steps)):
+            raise ConfigError(f"{where}.inference_steps: the {self.sampler} sampler visits "
+                              f"{'all T' if self.sampler == 'ddpm' else '1..T'} = {self.steps} steps, got {n}")
 
 
 KL_LOSSES = ("mse", "l2")  # mse: ||z0_hat - z0||^2 (eq. 23) | l2: the un-squared norm (authors)
@@ -126,10 +111,10 @@ class UNetConfig(_Section):
     """The 1-D U-Net approximator z0_hat = f(concat([z_t, X_{1:n}]), t) (eq. 15–16, models.unet1d)."""
 
     KEY: ClassVar[str] = "unet"
-    levels: int = _at_least(4)
-    base_channels: int = _at_least(0, 0)  # 0: = model.hidden
-    channel_mult: int = _at_least(2)
-    convs_per_level: int = _at_least(1)
+    levels: int = at_least(4)
+    base_channels: int = at_least(0, 0)  # 0: = model.hidden
+    channel_mult: int = at_least(2)
+    convs_per_level: int = at_least(1)
     padding: str = choice("reflect", PADDING_MODES)  # zeros | reflect | replicate | circular
     time_emb: str = choice("sinusoidal", TIME_EMBS)  # sinusoidal (paper) | authors (0.01 sin(t / 2^f) on the input)
     final_proj: bool = True  # a last 1x1 projection (False, authors: the output is the last block's layer norm)
@@ -141,19 +126,19 @@ class AttentionConfig(_Section):
     (eq. 20–21) and the user FFN (eq. 22)."""
 
     KEY: ClassVar[str] = "attention"
-    session_len: int = _at_least(10)  # k: the last k behaviours form the session, the older ones the history
+    session_len: int = at_least(10)  # k: the last k behaviours form the session, the older ones the history
     # with timestamps: the session also ends at the last gap longer than this many seconds (DESIGN §1, the
     # paper's time-gap sessions); behaviours before the gap go to the history. None: last k only.
     session_gap: int | None = None
-    heads: int = _at_least(2)  # session encoder heads (must divide model.hidden)
-    layers: int = _at_least(1)  # session encoder blocks
+    heads: int = at_least(2)  # session encoder heads (must divide model.hidden)
+    layers: int = at_least(1)  # session encoder blocks
     ffn_dim: int = 256  # session encoder feed-forward width
     mask_diag: bool = False  # authors: a token may not attend to itself
     pos_emb: bool = False  # learned positions in the session encoder (neither paper nor authors)
     dropout: float = 0.1  # session encoder and user FFN
     din_hidden: int = 64  # activation unit of the target attention (Fig. 3)
     use_time: bool = True  # time-lag feature in the target attention (only when the data has timestamps)
-    time_buckets: int = _at_least(32)  # bucket = floor(log2(1 + lag seconds)), capped
+    time_buckets: int = at_least(32)  # bucket = floor(log2(1 + lag seconds)), capped
     time_emb_dim: int = 16
     user_ffn: bool = True  # eq. 22; False: e_u = [h_l; h_s] (authors), item vectors are then 2D wide
     user_ffn_hidden: int = 256
@@ -205,7 +190,7 @@ class T2DiffConfig:
     (``T2DiffConfig(diffusion=DiffusionConfig(steps=10))`` or ``diffusion={"steps": 10}``) or with the legacy
     flat keywords (``T2DiffConfig(steps=10)``, see ``LEGACY_KEYS``); every rule is checked on construction."""
 
-    hidden: int = _at_least(64)  # D, item embedding dim (and user vector dim when attention.user_ffn)
+    hidden: int = at_least(64)  # D, item embedding dim (and user vector dim when attention.user_ffn)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -254,7 +239,7 @@ class T2DiffConfig:
 
     def validate_config(self, where: str = "model") -> None:
         """Every section's rules, then the rules across sections; ``where`` is the section's dotted key."""
-        _check_fields(self, where)
+        check_fields(self, where)
         for key, cls in _SECTIONS.items():
             sec = getattr(self, key)
             if not isinstance(sec, cls):
@@ -325,7 +310,7 @@ class T2Diff(SideFeatures, SeqRecModel):
         if dif.enabled:
             self.schedule = NoiseSchedule(dif.schedule, dif.steps, a=dif.beta_a, b=dif.beta_b,
                                           beta_start=dif.beta_start, beta_end=dif.beta_end, max_beta=dif.max_beta)
-            self.sampler = make_sampler(dif.sampler, self.schedule, dif.reverse_noise)
+            self.sampler = make_sampler(dif.sampler, self.schedule, dif.reverse_noise, dif.inference_steps)
             self.unet = UNet1D(d, d, d, levels=unet.levels, base_channels=unet.base_channels or d,
                                channel_mult=unet.channel_mult, padding_mode=unet.padding, time_emb=unet.time_emb,
                                steps=dif.steps, final_proj=unet.final_proj, convs_per_level=unet.convs_per_level)
@@ -352,6 +337,15 @@ class T2Diff(SideFeatures, SeqRecModel):
         # item tower
         self.item_mlp = nn.Sequential(nn.Linear(d, cfg.item_tower.mlp_hidden), nn.GELU(),
                                       nn.Linear(cfg.item_tower.mlp_hidden, self.out_dim))
+
+    def set_sampler(self, name: str, steps: int | None = None) -> None:
+        """Swap the inference sampler (no retraining: the approximator is trained on all T steps), e.g.
+        ``set_sampler("ddim", 5)``; ``steps`` None = all T. Updates the config so a re-export records it."""
+        if not self.cfg.diffusion.enabled:
+            raise ValueError("set_sampler needs a model with a diffusion module")
+        dif = replace(self.cfg.diffusion, sampler=name, inference_steps=steps)  # checks the combination
+        self.sampler = make_sampler(name, self.schedule, dif.reverse_noise, steps)
+        self.cfg = replace(self.cfg, diffusion=dif)
 
     @property
     def reverse_steps(self) -> int | None:
