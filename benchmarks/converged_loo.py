@@ -6,7 +6,10 @@ validation NDCG@10 against wall time per model.
     .venv/bin/python benchmarks/converged_loo.py runs/sasrec-200 runs/gru4rec-200 runs/bert4rec-200 \\
         runs/caser-200 runs/dat-200
 
-Writes benchmarks/results/converged_loo.{md,json,png} (command, commit, machine: t2diff.provenance).
+Writes benchmarks/results/converged_loo.{md,json,png} (command, commit, machine: t2diff.provenance). Rows of
+models not given here are kept from the existing converged_loo.json, each with the provenance of the invocation
+that measured it (``--fresh`` drops them): a 2-core session cannot train all five to convergence, so the table
+is filled model by model and every row says where it came from.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import torch
 
 from t2diff.evaluate import rank_examples
-from t2diff.provenance import markdown_table, provenance, write_json, write_markdown
+from t2diff.provenance import machine_line, markdown_table, provenance, write_json, write_markdown
 from t2diff.run import build_from_checkpoint, build_split
 
 # Published full-ranking LOO numbers on ML-1M (../shared/research/README.md §1) and how their protocol differs.
@@ -77,9 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--fresh", action="store_true", help="drop the rows of models not given here")
     args = p.parse_args(argv)
     prov = provenance(argv, __file__)
-    rows = [row_of(r) for r in args.runs if (r / "metrics.json").exists()]
+    new = [{**row_of(r), "provenance": prov} for r in args.runs if (r / "metrics.json").exists()]
+    old_file = args.out / "converged_loo.json"
+    kept = []
+    if old_file.exists() and not args.fresh:
+        given = {r["model"] for r in new}
+        kept = [r for r in json.loads(old_file.read_text())["rows"] if r["model"] not in given]
+    order = list(PUBLISHED)
+    rows = sorted([*kept, *new], key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
     write_json(args.out / "converged_loo.json", {"rows": rows}, prov)
     plot(rows, args.out / "converged_loo.png")
     md = ["# Converged leave-one-out on ML-1M (2-core CPU)", "",
@@ -92,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
               [[r["model"], r["max_len"], r["epochs_run"], r["selected_epoch"], r["wall_minutes"], r["stopped"],
                 f"{r['test_masked']['recall@10']:.4f}", f"{r['test_masked']['ndcg@10']:.4f}",
                 f"{r['test_unmasked']['recall@10']:.4f}", f"{r['test_unmasked']['ndcg@10']:.4f}", r["published"],
-                r["published_protocol"]] for r in rows])]
+                r["published_protocol"]] for r in rows]), "",
+          "Where each row came from (rows are measured model by model; resumed runs count all their epochs):", "",
+          markdown_table(["model", "measured", "commit", "command", "machine"],
+                         [[r["model"], r["provenance"]["date"], r["provenance"]["commit"],
+                           f"`{r['provenance']['command']}`", machine_line(r["provenance"]["machine"])]
+                          for r in rows])]
     write_markdown(args.out / "converged_loo.md", "\n".join(md) + "\n", prov)
     print("\n".join(md))
     return 0

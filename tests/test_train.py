@@ -132,6 +132,10 @@ def test_resume_can_extend_the_epoch_budget_but_not_change_the_model(synthetic_p
     out = Trainer(_cfg(synthetic_prepared, "train.epochs=2", "train.patience=4"), tmp_path / "r", progress=False,
                   log=lambda s: None).fit(resume=True)
     assert out["epochs_run"] == 2
+    # the machine's thread count is not part of the run either (a run moved to a machine with other cores)
+    out = Trainer(_cfg(synthetic_prepared, "train.epochs=3", "train.threads=2"), tmp_path / "r", progress=False,
+                  log=lambda s: None).fit(resume=True)
+    assert out["epochs_run"] == 3
 
 
 class _Killed(BaseException):

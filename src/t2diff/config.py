@@ -337,7 +337,8 @@ def model_config(cfg: ExperimentConfig) -> Any:
     return from_dict(cls.Config, section, "model")
 
 
-BUDGET_KEYS = ("epochs", "patience", "max_minutes")  # train keys a resumed run may change, to extend it
+# train keys a resumed run may change: its budget, to extend it, and the torch threads of the machine it runs on
+BUDGET_KEYS = ("epochs", "patience", "max_minutes", "threads")
 
 
 def same_run(saved: dict[str, Any], cfg: ExperimentConfig, ignore_budget: bool = True) -> bool:

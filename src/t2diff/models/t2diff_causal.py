@@ -322,6 +322,8 @@ class T2DiffCausal(SideFeatures, CausalEncoder, config=T2DiffCausalConfig):
         """e_u [B, D] at the last position with x_hat from ``source``: ``chain`` (the sampler, as served),
         ``none`` (no generator: c_j is the query), ``last-item`` (x_hat = x_n), or ``fn``: ``x_hat_fn(c, x_n)``
         [B, D] (diagnostics' oracles)."""
+        if source in ("chain", "fn") and not self.cfg.diffusion:
+            raise ValueError(f"x_hat source {source!r} needs a generator (model.diffusion: true)")
         seq = batch.seq
         x, c = self.backbone(seq, last_only=True)  # c [B, 1, D]
         x_prev, cl = x[:, -1].detach(), c[:, 0]
