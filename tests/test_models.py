@@ -23,7 +23,7 @@ NUM_ITEMS, NUM_USERS, MAX_LEN = 50, 20, 12
 LENGTHS = [12, 7, 1, 0, 12, 3]  # history length per row; row 3 is all padding
 # Speed-only overrides for models whose defaults are slow on CPU (T2Diff's inference runs the whole reverse
 # chain); they shrink the work, not the code paths exercised.
-FAST: dict[str, dict] = {"t2diff": {"steps": 4}}
+FAST: dict[str, dict] = {"t2diff": {"steps": 4}, "diffurec": {"steps": 4}}
 
 
 def make_info(features: bool) -> DataInfo:
@@ -123,8 +123,10 @@ def test_user_embeddings_ignore_the_target(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_tower_loss_hook_is_used(name: str) -> None:
-    """The trainer swaps full / sampled softmax through ``tower_loss_fn``; every model must go through it."""
-    model = build(name)
+    """The trainer swaps full / sampled softmax through ``tower_loss_fn``; every model must go through it (models
+    with a loss of their own, STOSA's BPR and ContrastVAE's BCE, when set to their softmax option)."""
+    own_loss = any(f.name == "loss" for f in dataclasses.fields(MODELS[name].Config))
+    model = build(name, **({"loss": "softmax"} if own_loss else {}))
     calls = []
 
     def hook(user_vecs, targets, item_vecs):

@@ -116,7 +116,7 @@ def test_every_model_exports_and_matches_torch(name, synthetic_prepared, tmp_pat
     # time inputs exactly where the model reads time (T2Diff's lag feature and gap sessions)
     want_inputs = ["seq", "seq_time", "target_time"] if name == "t2diff" else ["seq"]
     assert [i["name"] for i in info["inputs"]] == want_inputs
-    assert info["diffusion_steps"] == {"t2diff": 3, "t2diff_causal": 2}.get(name)  # visited reverse steps
+    assert info["diffusion_steps"] == {"t2diff": 3, "t2diff_causal": 2, "diffurec": 3}.get(name)  # reverse steps
 
     hists, times, req = _histories(tower)
     hists, times, req = [*hists, []], [*times, []], [*req, req[0]]  # + an empty history
