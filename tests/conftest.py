@@ -84,6 +84,7 @@ TINY_MODEL: dict[str, list[str]] = {
     "gru4rec": ["model.name=gru4rec", "model.embedding=16", "model.hidden=24"],
     "bert4rec": ["model.name=bert4rec", "model.hidden=16", "model.num_blocks=1", "model.ffn_dim=32"],
     "dat": ["model.name=dat", "model.embedding=16", "model.out_dim=16", "model.mlp_hidden=[24]"],
+    "mamba4rec": ["model.name=mamba4rec", "model.hidden=16", "model.d_state=8"],
     "stosa": ["model.name=stosa", "model.hidden=16", "model.num_blocks=1", "model.num_heads=2", "model.ffn_dim=32"],
     "contrastvae": ["model.name=contrastvae", "model.hidden=16", "model.num_heads=2", "model.ffn_dim=32"],
     "diffurec": ["model.name=diffurec", "model.hidden=16", "model.num_blocks=1", "model.num_heads=2",

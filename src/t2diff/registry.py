@@ -9,6 +9,7 @@ from t2diff.models.contrastvae import ContrastVAE
 from t2diff.models.dat import DAT
 from t2diff.models.diffurec import DiffuRec
 from t2diff.models.gru4rec import GRU4Rec
+from t2diff.models.mamba4rec import Mamba4Rec
 from t2diff.models.sasrec import SASRec
 from t2diff.models.stosa import STOSA
 from t2diff.models.t2diff import T2Diff
@@ -21,6 +22,7 @@ MODELS: dict[str, type[SeqRecModel]] = {
     "bert4rec": BERT4Rec,
     "dat": DAT,
     "t2diff": T2Diff,
+    "mamba4rec": Mamba4Rec,  # Liu et al., RelKD@KDD'24 (mambapy selective scan)
     "stosa": STOSA,  # Wasserstein self-attention; mean_stream=official keeps the official encoder's typo
     "contrastvae": ContrastVAE,  # Wang et al. CIKM'22; variant vd by default, official BCE loss
     "diffurec": DiffuRec,  # DiffuRec (TOIS 2024): official-code defaults, per-example training, 32-step chain
