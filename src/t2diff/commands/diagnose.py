@@ -16,7 +16,6 @@ a PNG to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -55,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
         write_trace,
         xhat_source_metrics,
     )
+    from t2diff.provenance import provenance, write_json
     from t2diff.run import build_from_checkpoint, build_split
 
+    prov = provenance()  # the command, commit and machine, taken before anything is written
     if args.users < 1:
         return fail(f"--users must be >= 1, got {args.users}")
     if args.threads:
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed, "steps": steps, "sampler": model.sampler.name, "visited_steps": model.reverse_steps,
             "model": cfg.model["name"], "model_config": cfg.model,
             "files": {k: str(v) for k, v in paths.items()}}
-    (Path(args.out) / "diagnose.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_json(Path(args.out) / "diagnose.json", meta, prov)
     first, last = rows[0], rows[-1]
     print(f"{n} {args.split} examples, T = {steps}, {model.sampler.name} over {model.reverse_steps} steps: "
           f"cosine(z0_hat, z0) at the last position, mean {first['cos_last_mean']:.4f} (t = T) -> "
