@@ -45,6 +45,19 @@ def check_fields(obj: Any, where: str) -> None:
             raise ConfigError(f"{where}.{f.name}: {msg}")
 
 
+def check_attention_sizes(obj: Any, where: str, dropouts: tuple[str, ...] = ("dropout",)) -> None:
+    """The rules an attention encoder's config shares: ``num_heads`` divides ``hidden``, an ``ffn_dim`` of None or
+    >= 1 (when the config has one), and each key in ``dropouts`` in [0, 1)."""
+    if obj.hidden % obj.num_heads:
+        raise ConfigError(f"{where}.num_heads: {obj.num_heads} does not divide {where}.hidden={obj.hidden}")
+    ffn = getattr(obj, "ffn_dim", None)
+    if ffn is not None and ffn < 1:
+        raise ConfigError(f"{where}.ffn_dim: must be >= 1 (or null), got {ffn}")
+    for key in dropouts:
+        if not 0.0 <= getattr(obj, key) < 1.0:
+            raise ConfigError(f"{where}.{key}: must lie in [0, 1), got {getattr(obj, key)}")
+
+
 def _metric_problem(value: str) -> str | None:
     name, _, k = value.partition("@")
     if name not in METRICS or not k.isdigit() or int(k) < 1:

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 from t2diff.commands.common import add_progress_arg, add_sampler_args, apply_sampler, command_parser, fail
+from t2diff.provenance import provenance, write_json, write_markdown
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
         write_trace,
         xhat_source_metrics,
     )
-    from t2diff.provenance import provenance, write_json
     from t2diff.run import build_from_checkpoint, build_split
 
     prov = provenance()  # the command, commit and machine, taken before anything is written
@@ -105,12 +105,12 @@ def run(args: argparse.Namespace) -> int:
     if args.xhat_sources:
         res = xhat_source_metrics(model, ds, ex, cfg.data.max_len, list(cfg.eval.ks), args.xhat_sources,
                                   batch_size=args.batch_size, seed=args.seed)
-        for p in _write_xhat(res, Path(args.out), f"{args.run_dir}, {args.split} split, {len(ex)} examples"):
+        for p in _write_xhat(res, Path(args.out), f"{args.run_dir}, {args.split} split, {len(ex)} examples", prov):
             print(f"wrote {p}")
     return 0
 
 
-def _write_xhat(res: dict[str, dict[str, float]], out: Path, what: str) -> list[Path]:
+def _write_xhat(res: dict[str, dict[str, float]], out: Path, what: str, prov: dict) -> list[Path]:
     import csv
 
     from t2diff.metrics import is_metric
@@ -122,9 +122,9 @@ def _write_xhat(res: dict[str, dict[str, float]], out: Path, what: str) -> list[
         w.writerow(["source", *cols, "num_examples"])
         for src, m in res.items():
             w.writerow([src, *(f"{m[c]:.6f}" for c in cols), m["num_examples"]])
-    lines = [f"x_hat sources ({what}); onestep@R sees the target (training's x_hat, an oracle)", "",
+    lines = ["# x_hat sources", "", f"{what}; onestep@R sees the target (training's x_hat, an oracle)", "",
              "| x_hat source | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {src} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |" for src, m in res.items()]
-    (out / "xhat_sources.md").write_text("\n".join(lines) + "\n")
+    write_markdown(out / "xhat_sources.md", "\n".join(lines) + "\n", prov)
     print("\n".join(lines))
     return [out / "xhat_sources.csv", out / "xhat_sources.md"]

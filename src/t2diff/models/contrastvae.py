@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
-from t2diff.config import ConfigError, at_least, check_fields, choice
+from t2diff.config import ConfigError, at_least, check_attention_sizes, check_fields, choice
 from t2diff.losses import Objective
 from t2diff.models.base import CausalEncoder, DataInfo
 from t2diff.models.layers import attention_mask
@@ -114,13 +114,7 @@ class ContrastVAEConfig:
 
     def validate_config(self, where: str) -> None:
         check_fields(self, where)
-        if self.hidden % self.num_heads:
-            raise ConfigError(f"{where}.num_heads: {self.num_heads} does not divide {where}.hidden={self.hidden}")
-        if self.ffn_dim is not None and self.ffn_dim < 1:
-            raise ConfigError(f"{where}.ffn_dim: must be >= 1 (or null = 4 * hidden), got {self.ffn_dim}")
-        for key in ("dropout", "attn_dropout", "reparam_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"{where}.{key}: must lie in [0, 1), got {getattr(self, key)}")
+        check_attention_sizes(self, where, ("dropout", "attn_dropout", "reparam_dropout"))  # ffn_dim null = 4 * hidden
         for key in ("crop_ratio", "mask_ratio", "reorder_ratio"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{where}.{key}: must lie in [0, 1], got {getattr(self, key)}")

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
-from t2diff.config import ConfigError, at_least, check_fields, choice
+from t2diff.config import ConfigError, at_least, check_attention_sizes, check_fields, choice
 from t2diff.losses import Objective
 from t2diff.models.base import CausalEncoder, DataInfo
 from t2diff.models.layers import attention_mask
@@ -89,13 +89,7 @@ class STOSAConfig:
 
     def validate_config(self, where: str) -> None:
         check_fields(self, where)
-        if self.hidden % self.num_heads:
-            raise ConfigError(f"{where}.num_heads: {self.num_heads} does not divide {where}.hidden={self.hidden}")
-        if self.ffn_dim is not None and self.ffn_dim < 1:
-            raise ConfigError(f"{where}.ffn_dim: must be >= 1 (or null), got {self.ffn_dim}")
-        for key in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"{where}.{key}: must be in [0, 1), got {getattr(self, key)}")
+        check_attention_sizes(self, where, ("dropout", "attn_dropout"))
         if not self.pvn_weight >= 0.0:
             raise ConfigError(f"{where}.pvn_weight: must be >= 0, got {self.pvn_weight}")
         if not self.init_std > 0.0:

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from t2diff.batch import Batch
-from t2diff.config import ConfigError, at_least, check_fields, choice
+from t2diff.config import ConfigError, at_least, check_attention_sizes, check_fields, choice
 from t2diff.diffusion.keyed_noise import keyed_normal, mix32
 from t2diff.diffusion.samplers import SAMPLERS, Sampler, make_sampler
 from t2diff.diffusion.schedule import SCHEDULES, NoiseSchedule
@@ -97,11 +97,7 @@ class T2DiffCausalConfig(TransformerConfig):
         for key in ("denoise_weight", "xhat_ce_weight"):
             if not getattr(self, key) >= 0.0:
                 raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
-        for key in ("dropout", "emb_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"{where}.{key}: must lie in [0, 1), got {getattr(self, key)}")
-        if self.hidden % self.num_heads:
-            raise ConfigError(f"{where}.num_heads: {self.num_heads} does not divide {where}.hidden={self.hidden}")
+        check_attention_sizes(self, where, ("dropout", "emb_dropout"))
 
 
 def prefix_keys(seq: Tensor, seed: int) -> Tensor:
