@@ -189,7 +189,7 @@ def test_bert4rec_window_includes_the_target() -> None:
 
 
 def test_gru4rec_padding_does_not_change_outputs() -> None:
-    """Packed GRU: a history encodes the same whatever the amount of left padding before it."""
+    """A history encodes the same whatever the amount of left padding before it."""
     model = build("gru4rec").eval()
     assert isinstance(model, GRU4Rec)
     seq = make_batch([7, 1, 0, 3, 5]).seq
@@ -198,6 +198,28 @@ def test_gru4rec_padding_does_not_change_outputs() -> None:
         short = model.encode(seq[:, -7:])
     torch.testing.assert_close(full[:, -7:], short)
     assert (full[seq == 0] == 0).all()
+
+
+def test_gru4rec_equals_a_packed_gru_reference() -> None:
+    """Running the GRU over right-padded rows and masking equals packing the true lengths (the slow reference)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    model = build("gru4rec").eval()
+    assert isinstance(model, GRU4Rec)
+    seq = make_batch([7, 1, 3, 5, 2]).seq
+    with torch.no_grad():
+        ours = model.encode(seq)
+        n = (seq > 0).sum(1)
+        l = seq.shape[1]
+        x = model.item_emb(seq)
+        rows = []
+        for b in range(seq.shape[0]):  # right-align each row's items, pack, unpack, left-align again
+            xb = torch.cat([x[b, l - n[b]:], x[b, : l - n[b]]])[None]
+            packed = pack_padded_sequence(xb, n[b : b + 1].clamp(min=1), batch_first=True)
+            h, _ = pad_packed_sequence(model.gru(packed)[0], batch_first=True, total_length=l)
+            h = torch.cat([h[0, n[b]:], h[0, : n[b]]])  # left padding
+            rows.append(model.dense(h) * (seq[b] > 0).unsqueeze(-1))
+    torch.testing.assert_close(ours, torch.stack(rows))
 
 
 def test_dat_mimic_trains_augmented_vectors() -> None:

@@ -8,8 +8,10 @@ against the (tied) input item embeddings, as in RecBole.
 
 Left padding: a GRU is not padding-neutral even on zero input vectors (its biases move the state), so a
 history would encode differently depending on how much padding precedes it. We roll every row so its items
-start at column 0, run the GRU on a packed sequence of the true lengths, and roll the outputs back: the
-state at each position depends only on the real items up to it, and padding positions output exactly 0.
+start at column 0, run the GRU over the whole (now right-padded) window, zero the outputs past each row's
+length and roll them back: the GRU is causal, so the state at each position depends only on the real items up
+to it, and padding positions output exactly 0. This equals running it on a packed sequence of the true lengths
+(tested) and is ~5x faster on CPU, where packed sequences step through shrinking batches one op at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from t2diff.losses import Objective
 from t2diff.models.base import CausalEncoder, DataInfo
@@ -63,10 +64,7 @@ class GRU4Rec(CausalEncoder, config=GRU4RecConfig, paper_row="GRU4Rec"):
         n = (seq > 0).sum(1)  # [B] real items per row (left-padded, contiguous)
         shift = l - n  # [B] padding columns
         x = self.emb_drop(self.item_emb(seq))  # [B, L, E]
-        x = _roll_rows(x, shift)  # [B, L, E], items first
-        # an all-padding row still needs length >= 1 for packing; its output is masked to 0 below
-        packed = pack_padded_sequence(x, n.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.gru(packed)
-        h, _ = pad_packed_sequence(out, batch_first=True, total_length=l)  # [B, L, H], 0 past each length
+        x = _roll_rows(x, shift)  # [B, L, E], items first, padding after them
+        h, _ = self.gru(x)  # [B, L, H]; states past a row's length are garbage, masked below
         h = _roll_rows(h, -shift)  # [B, L, H], back to left padding
         return self.dense(h) * (seq > 0).unsqueeze(-1).to(h.dtype)  # [B, L, D]
