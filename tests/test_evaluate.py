@@ -3,6 +3,8 @@ gives exactly what the full computation gives."""
 
 from __future__ import annotations
 
+import unittest.mock as mock
+
 import numpy as np
 import pytest
 import torch
@@ -36,3 +38,72 @@ def test_last_position_and_cropped_batches_rank_exactly_as_the_full_pass(synthet
 
         b = make_batch(ds, ex.users, ex.positions, 40)
         torch.testing.assert_close(model.user_embeddings(b), full(b), rtol=1e-5, atol=1e-5)
+
+
+def _case(b: int, num_items: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(b, d, generator=g)
+    items = torch.randn(num_items + 1, d, generator=g)
+    items[5:9] = items[3]  # exact ties with item 3 (bitwise equal rows score equally)
+    items[17] = items[2]
+    u[4] = 0.0  # a user whose every score is 0: all tied, the worst rank
+    targets = torch.randint(1, num_items + 1, (b,), generator=g)
+    targets[0], targets[1], targets[4] = 3, 2, 11
+    return u, items, targets
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1000])
+@pytest.mark.parametrize("masked", [False, True])
+def test_blocked_ranking_equals_the_full_score_matrix(block, masked):
+    from t2diff.ranking import rank_blocked, rank_full
+
+    u, items, targets = _case(12, 300, 8, seed=block)
+    items[40, 0] = float("nan")  # a NaN item: a tie against the model for every user
+    u[6, 1] = float("inf")  # a user with infinite / NaN scores, target included
+    seen = None
+    if masked:
+        rows = torch.tensor([0, 0, 1, 2, 2, 3, 6, 9])
+        cols = torch.tensor([5, 40, 2, int(targets[2]), 17, 299, 1, 300])  # row 2's target is seen: masked
+        seen = (rows, cols)
+    ref = rank_full(u.clone(), items, targets, None if seen is None else (seen[0].clone(), seen[1].clone()))
+    got = rank_blocked(u, items, targets, seen, block)
+    assert torch.equal(got.ranks, ref.ranks) and torch.equal(got.tied, ref.tied)
+    assert torch.equal(got.nonfinite, ref.nonfinite) and got.bad_rows == ref.bad_rows
+    assert ref.tied[0] and ref.ranks[4] == 300 and ref.nonfinite[6]  # the case exercises the rules
+    if masked:
+        assert ref.ranks[2] == 300
+
+
+def test_blocked_ranking_rerank_rows_whose_target_score_differs():
+    """A BLAS whose [B, B] product rounds the target's score differently from the block entry: the rows are
+    detected and ranked by the full rule."""
+    from t2diff import ranking
+
+    u, items, targets = _case(10, 200, 8, seed=3)
+    ref = ranking.rank_full(u.clone(), items, targets, None)
+    real_mm = torch.Tensor.__matmul__
+    calls = {"n": 0}
+
+    def skew(a, b):  # perturb only the first product (the [B, B] one giving the target scores)
+        calls["n"] += 1
+        out = real_mm(a, b)
+        return out + 0.5 if calls["n"] == 1 else out
+
+    with mock.patch.object(torch.Tensor, "__matmul__", skew):
+        got = ranking.rank_blocked(u, items, targets, None, 32)
+    assert calls["n"] > 2
+    assert torch.equal(got.ranks, ref.ranks) and torch.equal(got.tied, ref.tied)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_evaluation_in_item_blocks_is_identical(synthetic_prepared, masked):
+    torch.manual_seed(0)
+    parts = assemble(tiny_config(synthetic_prepared, "sasrec"))
+    model, ds = parts.model.eval(), parts.ds
+    ex = leave_one_out(ds).test
+    L = parts.cfg.data.max_len
+    whole = rank_examples(model, ds, ex, L, batch_size=16, mask_seen=masked, item_block=None)
+    for block in (3, 50):
+        part = rank_examples(model, ds, ex, L, batch_size=16, mask_seen=masked, item_block=block)
+        np.testing.assert_array_equal(part.ranks, whole.ranks)
+        np.testing.assert_array_equal(part.tied, whole.tied)

@@ -1,6 +1,7 @@
-"""Full-ranking evaluation: every item scored for every example, in memory-bounded chunks of users.
+"""Full-ranking evaluation: every item scored for every example, in memory-bounded chunks of users and, for
+large catalogues, blocks of items (``t2diff.ranking``).
 
-One matrix product per chunk and a comparison against the target's score; no sort of the catalogue. Ties
+Matrix products and comparisons against the target's score; no sort of the catalogue. Ties
 and non-finite scores are ranked against the model (``t2diff.metrics``)."""
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from t2diff.batch import Batch
 from t2diff.data.batching import make_batch
 from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import Examples
-from t2diff.metrics import metrics_from_ranks, ranks_from_scores
+from t2diff.metrics import metrics_from_ranks
 from t2diff.models.base import SeqRecModel
+from t2diff.ranking import DEFAULT_ITEM_BLOCK, rank_blocked, rank_full
 
 
 @dataclass
@@ -50,14 +52,18 @@ class Ranking:
 @torch.no_grad()
 def rank_examples(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_len: int, batch_size: int = 512,
                   mask_seen: bool = False, progress: bool = False, device: str = "cpu",
-                  user_fn: Callable[[Batch], torch.Tensor] | None = None) -> Ranking:
+                  user_fn: Callable[[Batch], torch.Tensor] | None = None,
+                  item_block: int | None = DEFAULT_ITEM_BLOCK) -> Ranking:
     """Rank of each example's target among all items (1 = best). ``user_fn`` replaces
     ``model.user_embeddings`` (batch -> [B, D]), e.g. to rank with a modified user tower (diagnostics).
-    Warns when the model produced NaN or infinite scores."""
+    ``item_block``: score at most that many items at a time (memory O(batch_size * item_block), identical
+    results; ``t2diff.ranking``); None = the whole catalogue per user chunk. Warns when the model produced NaN
+    or infinite scores."""
     user_fn = user_fn or model.user_embeddings
     was_training = model.training
     model.eval()
     items = model.item_embeddings().to(device)  # [I+1, D], computed once
+    blocked = item_block is not None and item_block < items.shape[0] - 1
     ranks = np.empty(len(ex), dtype=np.int64)
     tied = np.zeros(len(ex), dtype=bool)
     nonfinite = np.zeros(len(ex), dtype=bool)
@@ -74,15 +80,16 @@ def rank_examples(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_len
         # one padding column to spare: a model may shift its window (BERT4Rec appends its [MASK] slot)
         width = min(max_len, int(window[sel].max()) + 1) if crop else max_len
         batch = make_batch(ds, u, j, width).to(device)
-        scores = user_fn(batch) @ items.T  # [B, I+1]
-        fin = torch.isfinite(scores[:, 1:])  # [B, I], the model's own scores (before masking)
-        nonfinite[sel] = (~fin.gather(1, batch.target[:, None] - 1)[:, 0]).cpu().numpy()
-        bad_rows += int((~fin.all(dim=1)).sum())
-        if mask_seen:
-            _mask_seen(scores, ds, u, j)
-        r, t = ranks_from_scores(scores, batch.target)
-        ranks[sel] = r.cpu().numpy()
-        tied[sel] = t.cpu().numpy()
+        seen = _seen_pairs(ds, u, j, device) if mask_seen else None
+        user_vecs = user_fn(batch)  # [B, D]
+        if blocked:
+            res = rank_blocked(user_vecs, items, batch.target, seen, item_block)
+        else:
+            res = rank_full(user_vecs, items, batch.target, seen)
+        ranks[sel] = res.ranks.cpu().numpy()
+        tied[sel] = res.tied.cpu().numpy()
+        nonfinite[sel] = res.nonfinite.cpu().numpy()
+        bad_rows += res.bad_rows
     model.train(was_training)
     if bad_rows:
         warnings.warn(f"the model scored NaN or infinite values for {bad_rows} of {len(ex)} examples "
@@ -91,16 +98,17 @@ def rank_examples(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_len
     return Ranking(ranks, tied, nonfinite)
 
 
-def _mask_seen(scores: torch.Tensor, ds: PreparedDataset, users: np.ndarray, positions: np.ndarray) -> None:
-    """Hide every item the user interacted with before the target (the whole past, not only the window).
-    A repeated target is hidden too and so gets the worst rank: masking never flatters the model."""
-    rows, cols = [], []
+def _seen_pairs(ds: PreparedDataset, users: np.ndarray, positions: np.ndarray,
+                device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, item ids) of every item each example's user interacted with before the target (the whole past,
+    not only the window), to be masked. A repeated target is masked too and so gets the worst rank: masking
+    never flatters the model."""
+    rows, cols = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     for r, (u, j) in enumerate(zip(users, positions, strict=True)):
         seen = np.unique(ds.history(int(u))[:j])
-        rows.append(np.full(len(seen), r))
-        cols.append(seen)
-    if rows:
-        scores[torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(cols))] = -torch.inf
+        rows.append(np.full(len(seen), r, dtype=np.int64))
+        cols.append(seen.astype(np.int64))
+    return (torch.from_numpy(np.concatenate(rows)).to(device), torch.from_numpy(np.concatenate(cols)).to(device))
 
 
 def evaluate(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_len: int, ks: list[int],

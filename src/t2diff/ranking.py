@@ -1,0 +1,124 @@
+"""Ranking one chunk of users against the catalogue, with the item side in blocks.
+
+``rank_full`` forms the whole score matrix [B, I+1] of a user chunk (the reference). ``rank_blocked`` forms it
+[B, C] columns at a time and keeps only counts, so memory is O(B * C) whatever the catalogue size and every
+pass over a block runs in cache: at 1 M items the full matrix of a 512-user chunk alone is 2 GB.
+
+Both apply the same rule (``t2diff.metrics``): rank = 1 + #items scored higher + #other items tied with the
+target + #items scored NaN; a NaN or infinite target score gets the worst rank; masked (seen) items score
+-inf. ``rank_blocked`` returns exactly what ``rank_full`` returns (tested): each score is one entry of a
+matrix product of the same user rows, and the target's score is compared with the block entry that holds it
+(a BLAS whose entries depend on the matrix shape is detected there, and those rows are re-ranked with
+``rank_full``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from t2diff.metrics import ranks_from_scores
+
+# columns per item block: a 512 x 2048 float32 block (4 MB) stays in cache; measured best of 1-16 k in
+# benchmarks/bench_scale.py (eval s at 10 k - 1 M items)
+DEFAULT_ITEM_BLOCK = 2048
+
+
+@dataclass
+class ChunkRanks:
+    """Results of one user chunk ([B] each)."""
+
+    ranks: Tensor  # int64, 1 = best
+    tied: Tensor  # bool
+    nonfinite: Tensor  # bool: the model's own score of the target (before masking) is NaN / infinite
+    bad_rows: int  # rows with any non-finite item score (before masking)
+
+
+def rank_full(u: Tensor, items: Tensor, targets: Tensor, seen: tuple[Tensor, Tensor] | None) -> ChunkRanks:
+    """u [B, D], items [I+1, D], targets [B] in 1..I, seen: (rows, cols) of masked entries (cols in 1..I)."""
+    scores = u @ items.T  # [B, I+1]
+    fin = torch.isfinite(scores[:, 1:])  # [B, I], the model's own scores (before masking)
+    nonfinite = ~fin.gather(1, targets[:, None] - 1)[:, 0]
+    bad_rows = int((~fin.all(dim=1)).sum())
+    if seen is not None:
+        scores[seen[0], seen[1]] = -torch.inf
+    r, t = ranks_from_scores(scores, targets)
+    return ChunkRanks(r, t, nonfinite, bad_rows)
+
+
+def rank_blocked(u: Tensor, items: Tensor, targets: Tensor, seen: tuple[Tensor, Tensor] | None,
+                 block: int = DEFAULT_ITEM_BLOCK) -> ChunkRanks:
+    """``rank_full``'s result, scoring ``block`` item columns at a time."""
+    b = u.shape[0]
+    num_items = items.shape[0] - 1
+    rows = torch.arange(b, device=u.device)
+    # the target's score, from a [B, B] product: checked below against the block entry that holds it
+    t_raw = (u @ items[targets].T).diagonal().clone()  # [B]
+    nonfinite = ~torch.isfinite(t_raw)
+    t_eff = t_raw.clone()  # the target's score after masking
+    if seen is not None:
+        s_rows, s_cols = seen
+        t_eff[s_rows[s_cols == targets[s_rows]]] = -torch.inf  # a seen target is masked too
+        order = torch.argsort(s_cols)
+        s_rows, s_cols = s_rows[order], s_cols[order]
+    ref = t_eff[:, None]  # [B, 1]
+    gt = torch.zeros(b, dtype=torch.long, device=u.device)  # items scored > the target
+    eq = torch.zeros_like(gt)  # items scored == the target (itself included)
+    nan = torch.zeros_like(gt)  # items scored NaN (after masking)
+    bad = torch.zeros(b, dtype=torch.bool, device=u.device)
+    mismatch = torch.zeros_like(bad)
+    buf = u.new_empty(b, block)
+    for a in range(1, num_items + 1, block):
+        e = min(a + block, num_items + 1)  # the block holds item ids a .. e-1
+        # into one reused buffer: the block stays in cache across the passes below (measured ~1.5x on the mm)
+        s = torch.mm(u, items[a:e].T, out=buf) if e - a == block else u @ items[a:e].T  # [B, C]
+        # rows holding a NaN / inf score (or whose sum overflows) take the exact comparisons below
+        odd = ~torch.isfinite(s.sum(dim=1))  # [B]
+        any_odd = bool(odd.any())
+        if any_odd:
+            bad[odd] |= ~torch.isfinite(s[odd]).all(dim=1)
+        here = (targets >= a) & (targets < e)  # [B] rows whose target lies in this block
+        if bool(here.any()):
+            got = s[rows[here], targets[here] - a]
+            want = t_raw[here]
+            same = (got == want) | (torch.isnan(got) & torch.isnan(want))
+            mismatch[rows[here][~same]] = True
+        if seen is not None:
+            lo, hi = torch.searchsorted(s_cols, torch.tensor([a, e], device=u.device)).tolist()
+            if hi > lo:
+                s[s_rows[lo:hi], s_cols[lo:hi] - a] = -torch.inf
+        if any_odd:
+            so, ro = s[odd], ref[odd]  # [b', C], [b', 1]
+            odd_gt, odd_eq, odd_nan = (so > ro).sum(1), (so == ro).sum(1), torch.isnan(so).sum(1)
+        # the common case without a bool tensor per comparison: for finite s and t, fl(s - t) has the sign of
+        # s - t and is 0 only when s == t, so sum(sign) = #greater - #less and sum(|sign|) = #greater + #less
+        # (sums of +-1 over a block are exact in float32)
+        sg = s.sub_(ref).sign_()  # [B, C], in place
+        diff = sg.sum(dim=1)  # [B] #gt - #lt
+        both = sg.abs_().sum(dim=1)  # [B] #gt + #lt
+        blk_gt = ((diff + both) / 2).nan_to_num().round().long()  # [B]
+        blk_eq = (e - a) - both.nan_to_num().round().long()
+        if any_odd:
+            blk_gt[odd], blk_eq[odd] = odd_gt, odd_eq
+            nan[odd] += odd_nan
+        gt += blk_gt
+        eq += blk_eq
+    finite = torch.isfinite(t_eff)
+    others_tied = eq - 1 + nan
+    ranks = torch.where(finite, 1 + gt + others_tied, torch.full_like(gt, num_items))
+    tied = finite & (others_tied > 0)
+    out = ChunkRanks(ranks, tied, nonfinite, int(bad.sum()))
+    if bool(mismatch.any()):  # this BLAS rounds the [B, B] product differently: re-rank those rows exactly
+        idx = rows[mismatch]
+        sub_seen = None
+        if seen is not None:
+            keep = mismatch[seen[0]]
+            remap = torch.cumsum(mismatch.long(), 0) - 1  # old row -> row in the sub-chunk
+            sub_seen = (remap[seen[0][keep]], seen[1][keep])
+        # every row of a [b', I+1] product shares the full path's rounding by assumption; the sub-chunk's
+        # rows are ranked exactly by the full rule
+        sub = rank_full(u[idx], items, targets[idx], sub_seen)
+        out.ranks[idx], out.tied[idx] = sub.ranks, sub.tied
+    return out
