@@ -14,6 +14,7 @@ import yaml
 from t2diff.data.protocols import PROTOCOLS, LooOptions, PaperOptions
 from t2diff.losses import LOSSES, SAMPLERS
 from t2diff.metrics import METRICS
+from t2diff.optim import ITEM_UPDATES
 
 
 class ConfigError(ValueError):
@@ -121,6 +122,9 @@ class TrainConfig:
     # --resume continues the same run); None = no limit
     max_minutes: float | None = None
     report_max_over_epochs: bool = False  # paper: also report the authors' max-over-epochs test number
+    # the item table's updates: sparse = row-sparse gradients + lazy Adam (only the rows a step used; sampled
+    # loss only); auto = sparse for sampled loss from t2diff.optim.SPARSE_AUTO_ITEMS items (docs/scaling.md)
+    item_updates: str = choice("auto", ITEM_UPDATES)
 
     def validate_config(self, where: str) -> None:
         for key in ("epochs", "batch_size", "patience"):

@@ -153,6 +153,8 @@ class SampledSoftmaxLoss:
         self.remove_accidental_hits = remove_accidental_hits
         self.logq_correction = logq_correction
         self.generator = generator  # CPU generator for reproducible draws; None: the global torch RNG
+        # gather the item rows as a row-sparse gradient (set by t2diff.optim for sparse item-table updates)
+        self.sparse_grad = False
 
         # Proposal distributions over ids 0..I (float64 so tiny Q of a 1M-item tail stays exact).
         q_uni = torch.full((num_items + 1,), 1.0 / num_items, dtype=torch.float64)
@@ -216,8 +218,10 @@ class SampledSoftmaxLoss:
             raise ValueError("in_batch sampling needs a batch of at least 2 rows")
         cand, cand_count = torch.unique(torch.cat(parts), return_counts=True)  # [U], [U]
 
-        pos_logit = (user_vecs * item_vecs[targets]).sum(-1, keepdim=True).float()  # [N, 1]
-        neg_logit = (user_vecs @ item_vecs[cand].T).float()  # [N, U]
+        pos_vecs = F.embedding(targets, item_vecs, sparse=self.sparse_grad)  # [N, D] = item_vecs[targets]
+        neg_vecs = F.embedding(cand, item_vecs, sparse=self.sparse_grad)  # [U, D]
+        pos_logit = (user_vecs * pos_vecs).sum(-1, keepdim=True).float()  # [N, 1]
+        neg_logit = (user_vecs @ neg_vecs.T).float()  # [N, U]
         hit = cand[None, :] == targets[:, None]  # [N, U] negative == the row's target
         count = cand_count[None, :].to(neg_logit.dtype).expand(n, -1)  # [N, U]
         if n_batch:

@@ -20,6 +20,7 @@ from t2diff.data.batching import make_batch
 from t2diff.data.protocols import Examples
 from t2diff.evaluate import Ranking, rank_examples
 from t2diff.metrics import TIE_RULE, TIE_RULE_TEXT, is_metric
+from t2diff.optim import Optimizer, resolve_item_updates
 
 MAX_LABEL = "test_max_over_epochs (the authors' reporting: selected on the test set, optimistic)"
 
@@ -54,8 +55,16 @@ class Trainer:
         parts = run.assemble(cfg)
         self.ds, self.split, self.model = parts.ds, parts.split, parts.model.to(device)
         self.data_record = run.checkpoint_data(parts.ds, parts.info)  # makes every checkpoint self-contained
+        t = cfg.train
+        try:
+            sparse, self.item_updates = resolve_item_updates(t.item_updates, self.model, t.loss, t.weight_decay)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        # before DDP wraps the model: its reducer reads which embeddings yield sparse gradients
+        self.opt = Optimizer(self.model, t.lr, t.weight_decay, sparse)
+        if sparse:
+            self.log(f"item table: row-sparse updates with lazy Adam ({self.item_updates})")
         self.train_module = distributed.wrap(self.model, self.dist, device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.state = TrainState()
         self.stopped: str | None = None
         self.ks = sorted(set(cfg.eval.ks) | {int(cfg.train.select_metric.split("@")[1])})
@@ -134,10 +143,10 @@ class Trainer:
                 raise TrainingError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch}, step {steps} ({parts}); the last "
                     f"checkpoint {self.run_dir / 'last.pt'} is intact. Lower train.lr or set train.grad_clip.")
-            self.opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad()
             loss.backward()
             if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+                self.opt.clip_grad_norm(cfg.train.grad_clip)
             self.opt.step()
             total += loss.item()
             steps += 1
@@ -224,6 +233,7 @@ class Trainer:
                 out[MAX_LABEL] = {k: max(h["test"][k] for h in st.history) for k in st.history[-1]["test"]
                                   if is_metric(k)}
         out["world_size"] = self.dist.world
+        out["item_updates"] = self.item_updates
         if self.stopped:
             out["stopped"] = self.stopped  # the budget ended this invocation; the run is resumable
         if self.dist.is_main:
