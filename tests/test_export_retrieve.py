@@ -287,3 +287,37 @@ def test_ties_evaluator_retrieve_and_service_agree(run):
 
     for r, body in enumerate(asyncio.run(ask())):
         assert [x["item_id"] for x in body["items"]] == [ds.item_ids[i] for i in ids[r][:20]]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_evaluate_through_the_index_is_labelled_and_measured(run, flat_export, tmp_path, masked):
+    """The approximate evaluation: through a flat index it is the exact ranking's Recall/NDCG (no ties among
+    real-valued scores here) with recall 1; through an IVF index probing one of 4 lists it reports recall < 1;
+    both under their own metrics.json key, never the exact one."""
+    rd = tmp_path / "run"
+    shutil.copytree(run.parent if run.is_file() else run, rd)
+    flag = ["--mask-seen" if masked else "--no-mask-seen"]
+    assert main(["evaluate", str(rd), "--ks", "5", "10", "--no-progress", *flag]) == 0
+    assert main(["evaluate", str(rd), "--ks", "5", "10", "--no-progress", "--index", str(flat_export), *flag]) == 0
+    data = json.loads((rd / "metrics.json").read_text())
+    key = "evaluate_mask_seen" if masked else "evaluate"
+    exact, approx = data[key], data[key.replace("evaluate", "evaluate_approximate")]
+    assert approx["ranking"].startswith("approximate") and approx["ann_recall@10"] == 1.0
+    for k in ("recall@5", "recall@10", "ndcg@10", "mrr@10"):
+        assert approx["metrics"][k] == pytest.approx(exact["metrics"][k], abs=1e-12), k
+    ivf = tmp_path / "ivf"
+    assert main(["export", str(rd), "--out", str(ivf), "--index", "ivf", "--nlist", "4", "--nprobe", "1"]) == 0
+    assert main(["evaluate", str(rd), "--ks", "10", "--no-progress", "--index", str(ivf), *flag]) == 0
+    approx = json.loads((rd / "metrics.json").read_text())[key.replace("evaluate", "evaluate_approximate")]
+    assert approx["ann_recall@10"] < 1.0 and approx["ann_recall_examples"] == 60
+
+
+def test_evaluate_through_another_models_index_is_refused(run, tmp_path, capsys):
+    other = tmp_path / "other.pt"
+    ck = torch.load(run / "best.pt" if run.is_dir() else run, weights_only=False)
+    ck["model_state"]["item_emb.weight"] = ck["model_state"]["item_emb.weight"] + 0.1
+    torch.save(ck, other)
+    exp = tmp_path / "exp"
+    assert main(["export", str(other), "--out", str(exp)]) == 0
+    assert main(["evaluate", str(run), "--index", str(exp), "--no-progress"]) != 0
+    assert "another model" in capsys.readouterr().err

@@ -147,12 +147,17 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20])
     batch_size: int = 512
     mask_seen: bool = False  # off, as in the paper
+    # items scored at a time per user chunk (memory O(batch_size * item_block), identical ranks; t2diff.ranking);
+    # null = the whole catalogue at once (the former path)
+    item_block: int | None = 2048
 
     def validate_config(self, where: str) -> None:
         if not self.ks or any(k < 1 for k in self.ks):
             raise ConfigError(f"{where}.ks: needs cut-offs >= 1, got {self.ks}")
         if self.batch_size < 1:
             raise ConfigError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
+        if self.item_block is not None and self.item_block < 1:
+            raise ConfigError(f"{where}.item_block: must be >= 1 (or null), got {self.item_block}")
 
 
 @dataclass

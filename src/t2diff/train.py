@@ -161,7 +161,8 @@ class Trainer:
         idx = np.arange(self.dist.rank, len(ex), self.dist.world)
         mine = Examples(ex.users[idx], ex.positions[idx])
         local = rank_examples(self.model, self.ds, mine, self.cfg.data.max_len, self.cfg.eval.batch_size,
-                              self.cfg.eval.mask_seen, self.progress, self.device)
+                              self.cfg.eval.mask_seen, self.progress, self.device,
+                              item_block=self.cfg.eval.item_block)
         gathered = distributed.gather_ranks(local.stacked(), idx, len(ex), self.dist)
         return Ranking.from_stacked(gathered).metrics(self.ks)
 
