@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,9 +67,17 @@ def test_torchrun_two_processes_with_sparse_item_updates(synthetic_prepared, tmp
     single = subprocess.run([py, "-m", "t2diff.cli", *common, "--run-dir", str(tmp_path / "one")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run([py, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29521",
-                          "-m", "t2diff.cli", *common, "--run-dir", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    for _attempt in range(2):  # one retry: a rank aborted once in CI ("terminate called without an active
+        # exception", under load; not reproduced since); a second failure is a real one
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            port = sk.getsockname()[1]
+        shutil.rmtree(tmp_path / "two", ignore_errors=True)
+        ddp = subprocess.run([py, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                              "-m", "t2diff.cli", *common, "--run-dir", str(tmp_path / "two")],
+                             env=env, capture_output=True, text=True, timeout=300)
+        if ddp.returncode == 0:
+            break
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one = json.loads(Path(tmp_path / "one" / "metrics.json").read_text())
     two = json.loads(Path(tmp_path / "two" / "metrics.json").read_text())
