@@ -24,18 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_scale import prepared  # noqa: E402
+from bench_scale import add_log_args, prepared  # noqa: E402
 
 from t2diff.provenance import provenance, write_json, write_markdown  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--users", type=int, default=20_000)
-    ap.add_argument("--per-user", type=int, default=50)
-    ap.add_argument("--zipf", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
+    add_log_args(ap, items=True)
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--work", default="runs/bench-scale")

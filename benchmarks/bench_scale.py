@@ -73,6 +73,16 @@ def prepared(folder: Path, num_items: int, args: argparse.Namespace) -> Path:
     return out
 
 
+def add_log_args(ap: argparse.ArgumentParser, items: bool = False) -> None:
+    """The synthetic log's arguments (shared with bench_ddp_scale.py and eval_floor.py)."""
+    if items:
+        ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--per-user", type=int, default=50)
+    ap.add_argument("--zipf", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+
+
 def train_row(data: Path, run_dir: Path, overrides: list[str], threads: int) -> dict:
     """One epoch of SASRec in a child process; its metrics, times and peak RSS."""
     code = ("import resource, sys; from t2diff.cli import main; rc = main(sys.argv[1:]); "
@@ -109,10 +119,7 @@ def matmul_rate(dim: int, threads: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--users", type=int, default=20_000)
-    ap.add_argument("--per-user", type=int, default=50)
-    ap.add_argument("--zipf", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
+    add_log_args(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--negatives", type=int, default=1024)
     ap.add_argument("--modes", nargs="+", default=["before", "after"], choices=list(MODES))
