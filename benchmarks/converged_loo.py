@@ -50,7 +50,11 @@ def row_of(run: Path) -> dict[str, Any]:
         wall += h["seconds"]
         curve.append((wall / 60, h["valid"]["ndcg@10"]))
     name = cfg.model["name"]
-    return {"run": str(run), "model": name, "max_len": cfg.data.max_len, "epochs_run": out["epochs_run"],
+    t = cfg.train
+    recipe = f"lr {t.lr:g}, batch {t.batch_size}, {t.precision}" + (
+        f", lr x{t.lr_plateau_factor:g} after {t.lr_plateau_patience} flat epochs" if t.lr_plateau_patience else "")
+    return {"run": str(run), "recipe": recipe, "model": name, "max_len": cfg.data.max_len,
+            "epochs_run": out["epochs_run"],
             "selected_epoch": out.get("selected_epoch"), "wall_minutes": round(wall / 60, 1),
             "stopped": out.get("stopped", "early stopping" if out["epochs_run"] < cfg.train.epochs else "epochs"),
             "test_masked": masked, "test_unmasked": unmasked, "curve": curve,
@@ -99,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
           "per-epoch validation. Curve: `converged_loo.png`.", "",
           markdown_table(
               ["model", "L", "epochs", "selected", "wall min", "stopped by", "masked HR@10", "masked NDCG@10",
-               "unmasked HR@10", "unmasked NDCG@10", "published", "their protocol"],
+               "unmasked HR@10", "unmasked NDCG@10", "published", "their protocol", "recipe"],
               [[r["model"], r["max_len"], r["epochs_run"], r["selected_epoch"], r["wall_minutes"], r["stopped"],
                 f"{r['test_masked']['recall@10']:.4f}", f"{r['test_masked']['ndcg@10']:.4f}",
                 f"{r['test_unmasked']['recall@10']:.4f}", f"{r['test_unmasked']['ndcg@10']:.4f}", r["published"],
-                r["published_protocol"]] for r in rows]), "",
+                r["published_protocol"], r.get("recipe", "(not recorded)")] for r in rows]), "",
           "Where each row came from (rows are measured model by model; resumed runs count all their epochs):", "",
           markdown_table(["model", "measured", "commit", "command", "machine"],
                          [[r["model"], r["provenance"]["date"], r["provenance"]["commit"],

@@ -74,6 +74,33 @@ def test_blocked_ranking_equals_the_full_score_matrix(block, masked):
         assert ref.ranks[2] == 300
 
 
+@pytest.mark.parametrize("case", ["finite", "overflow", "nan_item", "inf_user"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_blocked_ranking_with_the_norm_bound_equals_the_full_matrix(case, masked):
+    """With ``items_norm`` the blocks skip their non-finite checks only where Cauchy-Schwarz proves every
+    score finite; scores that overflow to inf (finite inputs), NaN items and inf users still rank exactly."""
+    from t2diff.ranking import item_norm_max, rank_blocked, rank_full
+
+    u, items, targets = _case(12, 300, 8, seed=11)
+    if case == "overflow":
+        items[50:60] *= 1e16  # finite vectors whose scores with a large user overflow to +-inf
+        u[3] *= 1e24
+        items[70] = items[50]  # and a tie among them
+        targets[3] = 50
+    elif case == "nan_item":
+        items[40, 0] = float("nan")
+    elif case == "inf_user":
+        u[6, 1] = float("inf")
+    seen = (torch.tensor([0, 2, 3, 9]), torch.tensor([5, int(targets[2]), 70, 300])) if masked else None
+    norm = item_norm_max(items)
+    assert norm < 1e30 if case != "nan_item" else norm == float("inf")  # NaN: the bound proves nothing
+    ref = rank_full(u.clone(), items, targets, None if seen is None else (seen[0].clone(), seen[1].clone()))
+    got = rank_blocked(u, items, targets, seen, 64, norm)
+    assert torch.equal(got.ranks, ref.ranks) and torch.equal(got.tied, ref.tied)
+    assert torch.equal(got.nonfinite, ref.nonfinite) and got.bad_rows == ref.bad_rows
+    assert (ref.bad_rows > 0) == (case != "finite")
+
+
 def test_blocked_ranking_rerank_rows_whose_target_score_differs():
     """A BLAS whose [B, B] product rounds the target's score differently from the block entry: the rows are
     detected and ranked by the full rule."""

@@ -32,6 +32,21 @@ def test_chunked_equals_reference(n, chunk):
     assert (got[2][0] == 0).all()  # the padding row gets no gradient
 
 
+def test_extreme_logits_stay_finite_and_equal_the_reference():
+    # targets whose probability underflows float32 (logit gaps of thousands): the loss comes from the
+    # log-sum-exp, never from log(p_target)
+    g = torch.Generator().manual_seed(5)
+    u = 300 * torch.randn(40, 6, generator=g)
+    w = torch.randn(51, 6, generator=g)
+    t = torch.randint(1, 51, (40,), generator=g)
+    ref = _grads(full_softmax_ce, u, w, t)
+    got = _grads(lambda a, b, c: chunked_softmax_ce(a, b, c, 16), u, w, t)
+    assert ref[0] > 100 and torch.isfinite(got[0])
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got[2], ref[2], rtol=1e-4, atol=1e-6)
+
+
 def test_gradient_to_one_input_only_and_no_grad():
     g = torch.Generator().manual_seed(0)
     u, w = torch.randn(9, 4, generator=g), torch.randn(11, 4, generator=g)
@@ -45,3 +60,23 @@ def test_gradient_to_one_input_only_and_no_grad():
         torch.testing.assert_close(chunked_softmax_ce(u, w, t), full_softmax_ce(u, w, t))
     with pytest.raises(ValueError, match="empty batch"):
         chunked_softmax_ce(u[:0], w, t[:0])
+
+
+def test_bf16_autocast_loss_and_gradients_close_to_fp32():
+    # bf16 training (train.precision=bf16): bfloat16 matmuls, float32 softmax and accumulation; the loss and
+    # gradients stay within bfloat16's rounding of the float32 reference, and come back in float32
+    g = torch.Generator().manual_seed(3)
+    n, num_items, d = 700, 301, 16
+    u = torch.randn(n, d, generator=g)
+    w = 0.5 * torch.randn(num_items + 1, d, generator=g)
+    t = torch.randint(1, num_items + 1, (n,), generator=g)
+    ref = _grads(full_softmax_ce, u, w, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _grads(chunked_softmax_ce, u, w, t)
+    assert got[0].dtype == got[1].dtype == got[2].dtype == torch.float32
+    torch.testing.assert_close(got[0], ref[0], rtol=5e-3, atol=0)
+    for a, b in ((got[1], ref[1]), (got[2], ref[2])):
+        assert (a - b).norm() / b.norm() < 2e-2
+    assert (got[2][0] == 0).all()
+    # and it is really bf16 arithmetic (not silently fp32)
+    assert not torch.equal(got[1], ref[1])

@@ -243,3 +243,49 @@ def test_evaluate_masks_as_the_run_did_unless_told(synthetic_prepared, tmp_path,
     data = json.loads((run / "metrics.json").read_text())
     assert data["evaluate_mask_seen"]["mask_seen"] is True and data["evaluate"]["mask_seen"] is False
     assert data["evaluate_mask_seen"]["metrics"] == data["test"]  # the run's own test evaluation, masked
+
+
+def test_bf16_precision_trains_and_is_recorded(synthetic_prepared, tmp_path):
+    fp = Trainer(_cfg(synthetic_prepared, "train.epochs=3"), tmp_path / "a", progress=False,
+                 log=lambda s: None).fit()
+    bf = Trainer(_cfg(synthetic_prepared, "train.epochs=3", "train.precision=bf16"), tmp_path / "b",
+                 progress=False, log=lambda s: None).fit()
+    assert bf["precision"] == "bf16" and fp["precision"] == "fp32"
+    ds = PreparedDataset.load(synthetic_prepared)
+    assert bf["test"]["recall@10"] > 2 * 10 / ds.num_items  # it learns (random: 10 / num_items)
+    assert abs(bf["test"]["ndcg@10"] - fp["test"]["ndcg@10"]) < 0.1
+    # the parameters stay float32 (mixed precision, not a bf16 model)
+    model = build_from_checkpoint(tmp_path / "b" / "best.pt")[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_lr_plateau_cuts_the_learning_rate_and_resume_keeps_it(synthetic_prepared, tmp_path, monkeypatch):
+    script = dict(enumerate([0.1, 0.2, 0.15, 0.15, 0.3, 0.1, 0.1, 0.1], start=1))  # valid NDCG@10 by epoch
+    real_eval = Trainer.eval_on
+
+    def scripted(self, which):
+        out = real_eval(self, which)
+        v = script.get(self.state.epoch + 1) if which == "valid" else None  # the epoch being validated
+        return out if v is None else {**out, "ndcg@10": v}
+
+    seen_lr: dict[str, list[float]] = {"a": [], "b": []}
+    real_epoch = Trainer.train_epoch
+
+    def record(self, epoch):
+        seen_lr[self.run_dir.name].append(self.opt.dense.param_groups[0]["lr"])
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "eval_on", scripted)
+    monkeypatch.setattr(Trainer, "train_epoch", record)
+    opts = ("train.lr=0.01", "train.lr_plateau_patience=2", "train.patience=10")
+    Trainer(_cfg(synthetic_prepared, "train.epochs=8", *opts), tmp_path / "a", progress=False,
+            log=lambda s: None).fit()
+    # flat at epochs 3, 4 -> cut to 0.005 from epoch 5; improved at 5; flat 6, 7 -> 0.0025 for epoch 8
+    assert seen_lr["a"] == pytest.approx([0.01] * 4 + [0.005] * 3 + [0.0025])
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("lr_after") for r in rows] == [None, None, None, 0.005, None, None, 0.0025, None]
+    Trainer(_cfg(synthetic_prepared, "train.epochs=5", *opts), tmp_path / "b", progress=False,
+            log=lambda s: None).fit()
+    Trainer(_cfg(synthetic_prepared, "train.epochs=8", *opts), tmp_path / "b", progress=False,
+            log=lambda s: None).fit(resume=True)
+    assert seen_lr["b"] == seen_lr["a"]

@@ -15,6 +15,7 @@ from t2diff.data.protocols import PROTOCOLS, LooOptions, PaperOptions
 from t2diff.losses import LOSSES, SAMPLERS
 from t2diff.metrics import METRICS
 from t2diff.optim import ITEM_UPDATES
+from t2diff.precision import PRECISIONS
 
 
 class ConfigError(ValueError):
@@ -110,6 +111,10 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     seed: int = 2025
     patience: int = 10  # epochs without validation improvement before stopping (loo)
+    # learning-rate cut on a plateau (loo): after this many epochs without a better validation value, the
+    # learning rate is multiplied by lr_plateau_factor (and again after as many more); None = constant lr
+    lr_plateau_patience: int | None = None
+    lr_plateau_factor: float = 0.5
     select_metric: str = field(default="ndcg@10", metadata={"check": _metric_problem})  # model selection (loo)
     loss: str = choice("full", LOSSES)  # sampled: sampled softmax with logQ correction
     num_negatives: int = 1024  # sampled softmax
@@ -125,6 +130,8 @@ class TrainConfig:
     # the item table's updates: sparse = row-sparse gradients + lazy Adam (only the rows a step used; sampled
     # loss only); auto = sparse for sampled loss from t2diff.optim.SPARSE_AUTO_ITEMS items (docs/scaling.md)
     item_updates: str = choice("auto", ITEM_UPDATES)
+    # fp32, or bf16 mixed precision for the training forward (t2diff.precision; evaluation is always fp32)
+    precision: str = choice("fp32", PRECISIONS)
 
     def validate_config(self, where: str) -> None:
         for key in ("epochs", "batch_size", "patience"):
@@ -136,6 +143,10 @@ class TrainConfig:
         if self.loss == "sampled" and self.negative_sampler != "in_batch" and self.num_negatives < 1:
             raise ConfigError(f"{where}.num_negatives: sampler {self.negative_sampler!r} needs >= 1, "
                               f"got {self.num_negatives}")
+        if self.lr_plateau_patience is not None and self.lr_plateau_patience < 1:
+            raise ConfigError(f"{where}.lr_plateau_patience: must be >= 1 (or null), got {self.lr_plateau_patience}")
+        if not 0 < self.lr_plateau_factor < 1:
+            raise ConfigError(f"{where}.lr_plateau_factor: must be in (0, 1), got {self.lr_plateau_factor}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError(f"{where}.max_minutes: must be > 0 (or null), got {self.max_minutes}")
         if self.threads is not None and self.threads < 1:

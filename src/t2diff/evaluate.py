@@ -20,7 +20,7 @@ from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import Examples
 from t2diff.metrics import metrics_from_ranks
 from t2diff.models.base import SeqRecModel
-from t2diff.ranking import DEFAULT_ITEM_BLOCK, rank_blocked, rank_full
+from t2diff.ranking import DEFAULT_ITEM_BLOCK, item_norm_max, rank_blocked, rank_full
 
 
 @dataclass
@@ -64,6 +64,7 @@ def rank_examples(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_len
     model.eval()
     items = model.item_embeddings().to(device)  # [I+1, D], computed once
     blocked = item_block is not None and item_block < items.shape[0] - 1
+    items_norm = item_norm_max(items) if blocked else None
     ranks = np.empty(len(ex), dtype=np.int64)
     tied = np.zeros(len(ex), dtype=bool)
     nonfinite = np.zeros(len(ex), dtype=bool)
@@ -83,7 +84,7 @@ def rank_examples(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_len
         seen = _seen_pairs(ds, u, j, device) if mask_seen else None
         user_vecs = user_fn(batch)  # [B, D]
         if blocked:
-            res = rank_blocked(user_vecs, items, batch.target, seen, item_block)
+            res = rank_blocked(user_vecs, items, batch.target, seen, item_block, items_norm)
         else:
             res = rank_full(user_vecs, items, batch.target, seen)
         ranks[sel] = res.ranks.cpu().numpy()

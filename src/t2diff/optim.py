@@ -128,6 +128,13 @@ class Optimizer:
     def is_sparse(self) -> bool:
         return self.sparse is not None
 
+    def set_lr(self, lr: float) -> None:
+        """Every parameter group's learning rate (``train.lr_plateau_*``)."""
+        for opt in (self.dense, self.sparse):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+
     def zero_grad(self) -> None:
         for opt in (self.dense, self.sparse):
             if opt is not None:

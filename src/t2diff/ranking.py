@@ -48,9 +48,26 @@ def rank_full(u: Tensor, items: Tensor, targets: Tensor, seen: tuple[Tensor, Ten
     return ChunkRanks(r, t, nonfinite, bad_rows)
 
 
+# |score| <= ||u|| * ||item|| (Cauchy-Schwarz); below this bound no dot product can overflow float32 (3.4e38),
+# whatever the summation order's rounding
+_SAFE_PRODUCT = 1e36
+
+
+def item_norm_max(items: Tensor) -> float:
+    """The largest norm of a real item's vector (row 0 is padding), inf when any is not finite: computed once
+    per evaluation and passed to ``rank_blocked`` so it can skip its per-block non-finite checks."""
+    real = items[1:]
+    if real.numel() == 0:
+        return 0.0
+    norms = real.norm(dim=1)
+    return float(norms.max()) if bool(torch.isfinite(real).all()) else float("inf")
+
+
 def rank_blocked(u: Tensor, items: Tensor, targets: Tensor, seen: tuple[Tensor, Tensor] | None,
-                 block: int = DEFAULT_ITEM_BLOCK) -> ChunkRanks:
-    """``rank_full``'s result, scoring ``block`` item columns at a time."""
+                 block: int = DEFAULT_ITEM_BLOCK, items_norm: float | None = None) -> ChunkRanks:
+    """``rank_full``'s result, scoring ``block`` item columns at a time. ``items_norm``: ``item_norm_max(items)``
+    when the caller has it; when it and the user rows prove every score finite, no block is checked for NaN /
+    inf (one pass over each block fewer)."""
     b = u.shape[0]
     num_items = items.shape[0] - 1
     rows = torch.arange(b, device=u.device)
@@ -70,13 +87,16 @@ def rank_blocked(u: Tensor, items: Tensor, targets: Tensor, seen: tuple[Tensor, 
     bad = torch.zeros(b, dtype=torch.bool, device=u.device)
     mismatch = torch.zeros_like(bad)
     buf = u.new_empty(b, block)
+    # every score is finite when the user rows are and no product can overflow: then no block needs a check
+    all_finite = (items_norm is not None and bool(torch.isfinite(u).all())
+                  and (float(u.norm(dim=1).max()) if b else 0.0) * items_norm < _SAFE_PRODUCT)
     for a in range(1, num_items + 1, block):
         e = min(a + block, num_items + 1)  # the block holds item ids a .. e-1
         # into one reused buffer: the block stays in cache across the passes below (measured ~1.5x on the mm)
         s = torch.mm(u, items[a:e].T, out=buf) if e - a == block else u @ items[a:e].T  # [B, C]
         # rows holding a NaN / inf score (or whose sum overflows) take the exact comparisons below
-        odd = ~torch.isfinite(s.sum(dim=1))  # [B]
-        any_odd = bool(odd.any())
+        odd = None if all_finite else ~torch.isfinite(s.sum(dim=1))  # [B]
+        any_odd = odd is not None and bool(odd.any())
         if any_odd:
             bad[odd] |= ~torch.isfinite(s[odd]).all(dim=1)
         here = (targets >= a) & (targets < e)  # [B] rows whose target lies in this block

@@ -21,6 +21,7 @@ from t2diff.data.protocols import Examples
 from t2diff.evaluate import Ranking, rank_examples
 from t2diff.metrics import TIE_RULE, TIE_RULE_TEXT, is_metric
 from t2diff.optim import Optimizer, resolve_item_updates
+from t2diff.precision import autocast
 
 MAX_LABEL = "test_max_over_epochs (the authors' reporting: selected on the test set, optimistic)"
 
@@ -35,6 +36,8 @@ class TrainState:
     best_value: float = -math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
+    lr_scale: float = 1.0  # train.lr times this is the current learning rate (train.lr_plateau_*)
+    plateau_epochs: int = 0  # epochs without improvement since the last improvement or lr cut
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -111,6 +114,7 @@ class Trainer:
         self.model.load_state_dict(ck["model_state"])
         self.opt.load_state_dict(ck["optimizer_state"])
         self.state = TrainState(**ck["state"])
+        self.opt.set_lr(self.cfg.train.lr * self.state.lr_scale)  # a plateau cut carries over
         if self.dist.is_main:  # finish what a kill interrupted (see _commit_epoch)
             pending = self.run_dir / checkpoint.PENDING
             if pending.is_file():
@@ -138,7 +142,8 @@ class Trainer:
             if not self.all_positions:  # only the example's own target counts
                 batch.pos_targets.zero_()
                 batch.pos_targets[:, -1] = batch.target
-            loss, parts = self.train_module(batch)
+            with autocast(cfg.train.precision, self.device):
+                loss, parts = self.train_module(batch)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch}, step {steps} ({parts}); the last "
@@ -194,9 +199,10 @@ class Trainer:
                 value = row["valid"][cfg.train.select_metric]
                 improved = value > st.best_value
                 if improved:
-                    st.best_value, st.best_epoch, st.bad_epochs = value, epoch, 0
+                    st.best_value, st.best_epoch, st.bad_epochs, st.plateau_epochs = value, epoch, 0, 0
                 else:
                     st.bad_epochs += 1
+                    self._plateau(row)
             else:  # paper protocol: no validation set; the test set is reported each epoch, never selected on
                 row["test"] = self.eval_on("test")
                 improved = False
@@ -214,6 +220,22 @@ class Trainer:
                 self.log(f"stopping: {self.stopped}; --resume continues the run")
                 break
         return self.finish()
+
+    def _plateau(self, row: dict[str, Any]) -> None:
+        """``train.lr_plateau_patience`` epochs without a better validation value: the learning rate is
+        multiplied by ``train.lr_plateau_factor`` for the next epochs (torch's ReduceLROnPlateau rule, kept in
+        TrainState so that a resumed run cuts at the same epochs)."""
+        t, st = self.cfg.train, self.state
+        if t.lr_plateau_patience is None:
+            return
+        st.plateau_epochs += 1
+        if st.plateau_epochs >= t.lr_plateau_patience:
+            st.lr_scale *= t.lr_plateau_factor
+            st.plateau_epochs = 0
+            self.opt.set_lr(t.lr * st.lr_scale)
+            row["lr_after"] = t.lr * st.lr_scale
+            self.log(f"validation {t.select_metric} flat for {t.lr_plateau_patience} epochs: "
+                     f"learning rate now {t.lr * st.lr_scale:.3g}")
 
     def finish(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.state
@@ -235,6 +257,7 @@ class Trainer:
                                   if is_metric(k)}
         out["world_size"] = self.dist.world
         out["item_updates"] = self.item_updates
+        out["precision"] = cfg.train.precision
         if self.stopped:
             out["stopped"] = self.stopped  # the budget ended this invocation; the run is resumable
         if self.dist.is_main:

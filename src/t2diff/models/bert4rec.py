@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from t2diff.batch import Batch
 from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
+from t2diff.models.dropout import Dropout
 from t2diff.models.layers import TransformerBlock, TransformerConfig, attention_mask
 
 
@@ -48,7 +49,7 @@ class BERT4Rec(SeqRecModel, config=BERT4RecConfig, paper_row="Bert4Rec"):
         self.mask_id = info.num_items + 1
         self.item_emb = nn.Embedding(info.num_items + 2, d, padding_idx=0)  # last row: [MASK]
         self.pos_emb = nn.Embedding(info.max_len, d)
-        self.emb_drop = nn.Dropout(cfg.emb_dropout)
+        self.emb_drop = Dropout(cfg.emb_dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(d, cfg.num_heads, cfg.ffn_dim, cfg.dropout) for _ in range(cfg.num_blocks)
         )

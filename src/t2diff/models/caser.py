@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from t2diff.batch import Batch
 from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
+from t2diff.models.dropout import Dropout
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Caser(SeqRecModel, config=CaserConfig, paper_row="Caser"):
         self.conv_h = nn.ModuleList(
             nn.Conv2d(1, cfg.num_horizontal, kernel_size=(h, d)) for h in range(1, w + 1)
         )
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.num_vertical * d + cfg.num_horizontal * w, d)
         self.user_emb = nn.Embedding(info.num_users + 1, d, padding_idx=0) if cfg.use_user else None
         self.out_dim = 2 * d if cfg.use_user else d

@@ -72,6 +72,7 @@ from t2diff.batch import Batch
 from t2diff.config import ConfigError, at_least, check_attention_sizes, check_fields, choice
 from t2diff.losses import Objective
 from t2diff.models.base import CausalEncoder, DataInfo
+from t2diff.models.dropout import Dropout, attention
 from t2diff.models.layers import attention_mask
 
 VARIANTS = ("avae", "vae_cl", "ma", "da", "vd", "vd_da")
@@ -139,7 +140,7 @@ class PostLNBlock(nn.Module):
         self.ln1 = nn.LayerNorm(dim, eps=1e-12)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
         self.ln2 = nn.LayerNorm(dim, eps=1e-12)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.attn_dropout = attn_dropout
 
     def forward(self, x: Tensor, allow: Tensor, last_only: bool = False) -> Tensor:
@@ -150,8 +151,7 @@ class PostLNBlock(nn.Module):
         if last_only:
             x, allow = x[:, -1:], allow[..., -1:, :]
         q = F.linear(x, self.qkv.weight[:d], self.qkv.bias[:d]).view(b, -1, h, dh).transpose(1, 2)  # [B, H, Lq, Dh]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allow,
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        a = attention(q, k, v, allow, self.attn_dropout, self.training)
         x = self.ln1(x + self.drop(self.proj(a.transpose(1, 2).reshape(b, x.shape[1], d))))
         return self.ln2(x + self.drop(self.ffn(x)))
 
@@ -172,14 +172,14 @@ class ContrastVAE(CausalEncoder, config=ContrastVAEConfig, paper_row="ContrastVA
         self.item_emb = nn.Embedding(info.num_items + 2, d, padding_idx=0)
         self.pos_emb = nn.Embedding(info.max_len, d)
         self.emb_ln = nn.LayerNorm(d, eps=1e-12)
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
 
         def stack() -> nn.ModuleList:
             return nn.ModuleList(PostLNBlock(d, cfg.num_heads, cfg.ffn_dim or 4 * d, cfg.dropout, cfg.attn_dropout)
                                  for _ in range(cfg.num_blocks))
 
         self.enc_mu, self.enc_logvar, self.dec = stack(), stack(), stack()
-        self.latent_drop = nn.Dropout(cfg.reparam_dropout)
+        self.latent_drop = Dropout(cfg.reparam_dropout)
         if cfg.variant in VARIATIONAL:  # "layerwise" adaptive variational dropout: one learned scalar
             p = cfg.vd_init_p
             a0 = math.sqrt(p / (1.0 - p))

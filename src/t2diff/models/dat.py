@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from t2diff.batch import Batch
 from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
+from t2diff.models.dropout import Dropout
 from t2diff.models.layers import SideFeatures
 
 
@@ -60,7 +61,7 @@ def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
-            layers += [nn.ReLU(), nn.Dropout(dropout)]
+            layers += [nn.ReLU(), Dropout(dropout)]
     return nn.Sequential(*layers)
 
 

@@ -71,6 +71,7 @@ from t2diff.diffusion.keyed_noise import keyed_normal
 from t2diff.diffusion.schedule import SCHEDULES, NoiseSchedule
 from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
+from t2diff.models.dropout import Dropout
 from t2diff.models.layers import TransformerConfig
 from t2diff.models.t2diff_causal import prefix_keys
 
@@ -164,7 +165,7 @@ class ApproximatorBlock(nn.Module):
         self.ln2 = nn.LayerNorm(dim, eps=1e-12)
         self.ffn1 = nn.Linear(dim, ffn_dim)
         self.ffn2 = nn.Linear(ffn_dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         for lin in (self.proj, self.ffn1, self.ffn2):
             nn.init.xavier_normal_(lin.weight)
 
@@ -195,12 +196,12 @@ class DiffuRec(SeqRecModel, config=DiffuRecConfig, paper_row="DiffuRec"):
         # N(0, 1) init and no padding_idx, as the official nn.Embedding: the pad row is a learned input token
         self.item_emb = nn.Embedding(info.num_items + 1, d)
         self.pos_emb = nn.Embedding(info.max_len, d) if cfg.position_embedding else None
-        self.emb_drop = nn.Dropout(cfg.emb_dropout)
+        self.emb_drop = Dropout(cfg.emb_dropout)
         self.emb_ln = nn.LayerNorm(d, eps=1e-12)
         self.step_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))  # d = MLP(sinusoid(t))
         self.blocks = nn.ModuleList(
             ApproximatorBlock(d, cfg.num_heads, cfg.ffn_dim, cfg.dropout) for _ in range(cfg.num_blocks))
-        self.out_drop = nn.Dropout(cfg.dropout)
+        self.out_drop = Dropout(cfg.dropout)
         self.out_ln = nn.LayerNorm(d, eps=1e-12)
         self.schedule = make_schedule(cfg.schedule, cfg.steps)
 

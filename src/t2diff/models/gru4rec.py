@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from t2diff.losses import Objective
 from t2diff.models.base import CausalEncoder, DataInfo
+from t2diff.models.dropout import Dropout
 
 
 @dataclass
@@ -51,7 +52,7 @@ class GRU4Rec(CausalEncoder, config=GRU4RecConfig, paper_row="GRU4Rec"):
         super().__init__(cfg, info, objective)
         e = cfg.embedding
         self.item_emb = nn.Embedding(info.num_items + 1, e, padding_idx=0)
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
         self.gru = nn.GRU(e, cfg.hidden, num_layers=cfg.num_layers, batch_first=True,
                           dropout=cfg.layer_dropout if cfg.num_layers > 1 else 0.0)
         self.dense = nn.Linear(cfg.hidden, e)  # back to the item embedding space for dot-product scoring

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from t2diff.models.dropout import Dropout, attention
+
 
 @dataclass
 class TransformerConfig:
@@ -33,8 +35,8 @@ class TransformerBlock(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.ln2 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
-        self.drop = nn.Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.drop = Dropout(dropout)
         self.attn_drop = dropout
 
     def forward(self, x: Tensor, allow: Tensor, last_only: bool = False) -> Tensor:
@@ -52,8 +54,7 @@ class TransformerBlock(nn.Module):
             x, allow = x[:, -1:], allow[..., -1:, :]
         else:
             q, k, v = self.qkv(y).view(b, l, 3, h, dh).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allow,
-                                           dropout_p=self.attn_drop if self.training else 0.0)  # [B, H, Lq, Dh]
+        a = attention(q, k, v, allow, self.attn_drop, self.training)  # [B, H, Lq, Dh]
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, x.shape[1], d)))
         return x + self.drop(self.ffn(self.ln2(x)))
 

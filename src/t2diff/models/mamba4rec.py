@@ -39,6 +39,7 @@ from t2diff.batch import Batch
 from t2diff.config import ConfigError, at_least, check_fields, choice
 from t2diff.losses import Objective
 from t2diff.models.base import CausalEncoder, DataInfo
+from t2diff.models.dropout import Dropout
 
 SCANS = ("parallel", "sequential")  # mambapy's Blelloch pscan, or its Python loop over time
 
@@ -79,11 +80,11 @@ class MambaLayer(nn.Module):
         self.parallel = cfg.scan == "parallel"
         self.mixer = MambaBlock(MambaConfig(d_model=d, n_layers=1, d_state=cfg.d_state, expand_factor=cfg.expand,
                                             d_conv=cfg.d_conv, pscan=self.parallel))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.ln = nn.LayerNorm(d, eps=1e-12)
         f = cfg.ffn_dim or 4 * d
-        self.ffn = nn.Sequential(nn.Linear(d, f), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(f, d),
-                                 nn.Dropout(cfg.dropout))
+        self.ffn = nn.Sequential(nn.Linear(d, f), nn.GELU(), Dropout(cfg.dropout), nn.Linear(f, d),
+                                 Dropout(cfg.dropout))
         self.ffn_ln = nn.LayerNorm(d, eps=1e-12)
 
     def forward(self, x: Tensor) -> Tensor:  # [B, L, D] -> [B, L, D]
@@ -114,7 +115,7 @@ class Mamba4Rec(CausalEncoder, config=Mamba4RecConfig, paper_row="Mamba4Rec"):
         cfg.validate_config("model")
         d = cfg.hidden
         self.item_emb = nn.Embedding(info.num_items + 1, d, padding_idx=0)
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
         self.emb_ln = nn.LayerNorm(d, eps=1e-12)
         self.layers = nn.ModuleList(MambaLayer(cfg, residual=cfg.num_layers > 1) for _ in range(cfg.num_layers))
         self._init_weights()

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from t2diff.batch import Batch
 from t2diff.losses import Objective
 from t2diff.models.base import CausalEncoder, DataInfo
+from t2diff.models.dropout import Dropout
 from t2diff.models.layers import TransformerBlock, TransformerConfig, attention_mask
 
 
@@ -29,7 +30,7 @@ class SASRec(CausalEncoder, config=SASRecConfig, paper_row="SASRec"):
         d = cfg.hidden
         self.item_emb = nn.Embedding(info.num_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(info.max_len, d)
-        self.emb_drop = nn.Dropout(cfg.emb_dropout)
+        self.emb_drop = Dropout(cfg.emb_dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(d, cfg.num_heads, cfg.ffn_dim, cfg.dropout) for _ in range(cfg.num_blocks)
         )

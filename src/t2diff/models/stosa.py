@@ -57,6 +57,7 @@ from t2diff.batch import Batch
 from t2diff.config import ConfigError, at_least, check_attention_sizes, check_fields, choice
 from t2diff.losses import Objective
 from t2diff.models.base import CausalEncoder, DataInfo
+from t2diff.models.dropout import Dropout
 from t2diff.models.layers import attention_mask
 
 MEAN_STREAMS = ("official", "fixed")  # official: the encoder returns the input mean (the code's typo)
@@ -136,7 +137,7 @@ class _FFN(nn.Module):
     def __init__(self, dim: int, inner: int, dropout: float) -> None:
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim, inner), nn.Linear(inner, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.ln = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, x: Tensor) -> Tensor:  # [B, L, D] -> [B, L, D]
@@ -154,8 +155,8 @@ class WassersteinLayer(nn.Module):
         self.cov_q, self.cov_k, self.cov_v = (nn.Linear(dim, dim) for _ in range(3))
         self.mean_out, self.cov_out = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.ln = nn.LayerNorm(dim, eps=1e-12)  # one LayerNorm for both streams' attention outputs (official)
-        self.drop = nn.Dropout(dropout)
-        self.attn_drop = nn.Dropout(attn_dropout)
+        self.drop = Dropout(dropout)
+        self.attn_drop = Dropout(attn_dropout)
         self.mean_ffn = _FFN(dim, ffn_dim, dropout)
         self.cov_ffn = _FFN(dim, ffn_dim, dropout)
 
@@ -200,7 +201,7 @@ class STOSA(CausalEncoder, config=STOSAConfig, paper_row="STOSA"):
         self.pos_mean = nn.Embedding(info.max_len, d)
         self.pos_cov = nn.Embedding(info.max_len, d)
         self.ln_in = nn.LayerNorm(d, eps=1e-12)  # shared by both input streams (official)
-        self.drop_in = nn.Dropout(cfg.dropout)
+        self.drop_in = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
             WassersteinLayer(d, cfg.num_heads, cfg.ffn_dim or 4 * d, cfg.dropout, cfg.attn_dropout)
             for _ in range(cfg.num_blocks)

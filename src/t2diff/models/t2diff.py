@@ -33,6 +33,7 @@ from t2diff.diffusion.samplers import REVERSE_NOISE, SAMPLERS, make_sampler
 from t2diff.diffusion.schedule import SCHEDULES, NoiseSchedule
 from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
+from t2diff.models.dropout import Dropout
 from t2diff.models.layers import SideFeatures, TransformerBlock
 from t2diff.models.unet1d import PADDING_MODES, TIME_EMBS, UNet1D
 
@@ -318,7 +319,7 @@ class T2Diff(SideFeatures, SeqRecModel):
         # mixed-attention module (§4.3)
         self.k = min(att.session_len, info.max_len)
         self.session_pos = nn.Embedding(self.k + 1, d) if att.pos_emb else None
-        self.session_drop = nn.Dropout(att.dropout)
+        self.session_drop = Dropout(att.dropout)
         self.session_blocks = nn.ModuleList(
             TransformerBlock(d, att.heads, att.ffn_dim, att.dropout) for _ in range(att.layers)
         )
@@ -331,7 +332,7 @@ class T2Diff(SideFeatures, SeqRecModel):
                                  nn.Linear(att.din_hidden, 1))  # activation unit (Fig. 3)
         if att.user_ffn:
             self.user_mlp = nn.Sequential(nn.Linear(2 * d, att.user_ffn_hidden), nn.GELU(),
-                                          nn.Dropout(att.dropout), nn.Linear(att.user_ffn_hidden, d))
+                                          Dropout(att.dropout), nn.Linear(att.user_ffn_hidden, d))
         self.out_dim = d if att.user_ffn else 2 * d  # item vectors must match the user vector width
 
         # item tower

@@ -49,6 +49,7 @@ from t2diff.diffusion.samplers import SAMPLERS, Sampler, make_sampler
 from t2diff.diffusion.schedule import SCHEDULES, NoiseSchedule
 from t2diff.losses import Objective, chunked_softmax_ce
 from t2diff.models.base import CausalEncoder, DataInfo
+from t2diff.models.dropout import Dropout
 from t2diff.models.layers import SideFeatures, TransformerBlock, TransformerConfig, attention_mask
 
 TARGETS = ("item", "drift")  # what the generator produces: x_{j+1}, or the drift x_{j+1} - x_j (eq. 11)
@@ -139,13 +140,13 @@ class Crossing(nn.Module):
         self.dist_bias = nn.Parameter(torch.zeros(heads, k + 1))  # distance 0..k-1 in the session, k = itself
         self.proj = nn.Linear(dim, dim)
         self.ln_ffn = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
         self.ln_h = nn.LayerNorm(dim)
         self.hq = nn.Linear(dim, dim)
         self.hproj = nn.Linear(dim, dim)
         self.null_k = nn.Parameter(torch.zeros(dim))
         self.null_v = nn.Parameter(torch.zeros(dim))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def _split(self, x: Tensor) -> Tensor:  # [B, N, D] -> [B, H, N, Dh]
         b, n, d = x.shape
@@ -198,7 +199,7 @@ class T2DiffCausal(SideFeatures, CausalEncoder, config=T2DiffCausalConfig):
         self.init_side_features(info, d, cfg.features)
         self.pos_emb = nn.Embedding(info.max_len, d)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
-        self.emb_drop = nn.Dropout(cfg.emb_dropout)
+        self.emb_drop = Dropout(cfg.emb_dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(d, cfg.num_heads, cfg.ffn_dim, cfg.dropout) for _ in range(cfg.num_blocks))
         self.ln = nn.LayerNorm(d)
