@@ -115,12 +115,19 @@ def matmul_rate(n: int, items: int, dim: int, repeats: int = 5, dtype: torch.dty
     return 3 * 2 * n * items * dim / best / 1e9
 
 
-def recbole(python: str, threads: int, batches: int) -> dict[str, Any]:
+def recbole(python: str, threads: int, batches: int, max_len: int = 50) -> dict[str, Any]:
+    """RecBole's SASRec through the peer harness, its history length set to ``max_len`` (the peer's config has
+    MAX_ITEM_LIST_LENGTH 50)."""
     subprocess.run([python, str(PEER / "make_atomic.py")], check=True, capture_output=True)
     with tempfile.TemporaryDirectory() as out:
+        conf = Path(out) / "sasrec.yaml"
+        text = (PEER / "sasrec.yaml").read_text()
+        if "MAX_ITEM_LIST_LENGTH: 50" not in text:
+            raise RuntimeError(f"{PEER / 'sasrec.yaml'} no longer sets MAX_ITEM_LIST_LENGTH: 50")
+        conf.write_text(text.replace("MAX_ITEM_LIST_LENGTH: 50", f"MAX_ITEM_LIST_LENGTH: {max_len}"))
         subprocess.run([python, str(PEER / "run.py"), "--epochs", "1", "--max-train-batches", str(batches),
-                        "--threads", str(threads), "--no-test-eval", "--out-dir", out], check=True,
-                       capture_output=True)
+                        "--threads", str(threads), "--no-test-eval", "--out-dir", out, "--config", str(conf)],
+                       check=True, capture_output=True)
         summary = json.loads(next(Path(out).glob("*.json")).read_text())
     e = summary["epochs"][0]
     return {"samples_per_s": round(e["samples_per_s"], 1), "batches": e["batches"], "samples": e["samples"],
@@ -181,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         row["speedup_over_torch_dropout"] = round(row["ours_targets_per_s"] / row["torch_dropout_targets_per_s"], 2)
         row["bf16_speedup"] = round(row["bf16_targets_per_s"] / row["ours_targets_per_s"], 2)
         if args.recbole_python:
-            rb = recbole(args.recbole_python, threads, args.recbole_batches)
+            rb = recbole(args.recbole_python, threads, args.recbole_batches, args.max_len)
             row["recbole"] = rb
             row["ours_over_recbole"] = round(row["ours_targets_per_s"] / rb["samples_per_s"], 1)
             row["bf16_over_recbole"] = round(row["bf16_targets_per_s"] / rb["samples_per_s"], 1)
@@ -194,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     md = [f"# Training throughput: SASRec on ML-1M, L = {args.max_len}", "",
           f"Config `{meta['config']}` (precision forced to fp32 except the bf16 column), L = {args.max_len}, "
           f"batches of 128 epoch windows; {args.steps} timed steps after 2 warm-up steps. Targets = softmax "
-          "cross-entropy terms (RecBole: samples, one target each). Floor = the step's counted FLOPs at the "
+          "cross-entropy terms (RecBole: samples, one target each, its MAX_ITEM_LIST_LENGTH set to the same L). "
+          "Floor = the step's counted FLOPs at the "
           "same-run rate of a bare matmul of the output layer's shape (fp32; for bf16, a bf16 matmul). `torch "
           "dropout` = ours with torch's Bernoulli dropout (the code before t2diff.models.dropout); `reference` = "
           "that, with the full-logit cross-entropy.", "",
