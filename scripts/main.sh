@@ -2,8 +2,8 @@
 # The main job end to end on real data: prepare ML-1M, train SASRec at the references' settings (leave-one-out,
 # max_len 200, full-softmax CE, seen items masked) for a wall-clock budget, evaluate masked and unmasked, print
 # the published bar beside. Data: $T2DIFF_DATA_DIR, else ../shared/data beside the repository.
-# MINUTES (default 10.5): the training budget; the epoch that crosses it is the last one. About 14 minutes in all
-# on a quiet 2-core machine, setup included. `--resume`-able: RESUME=1 bash scripts/main.sh continues the run.
+# MINUTES (default 10.5): the training budget; the epoch that crosses it is the last one. About 12 minutes in all
+# on a quiet 2-core machine, setup included (measured: README). `--resume`-able: RESUME=1 bash scripts/main.sh continues the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
