@@ -48,6 +48,28 @@ def test_loo_causal_windows_cover_every_trainable_target(ds):
     assert covered == int((split.train_limit - 1).sum())
 
 
+def test_loo_last_window_only_trains_each_users_most_recent_targets(ds):
+    split = leave_one_out(ds)
+    ex = split.train_examples(np.random.default_rng(0), True, 8, 5, last_window_only=True)
+    assert np.array_equal(ex.users, split.train_users)  # one window per user
+    assert np.array_equal(ex.positions, split.train_limit - 1)  # ending at the last trainable position
+    b = make_batch(ds, ex.users, ex.positions, 8)
+    covered = int((b.pos_targets > 0).sum())
+    assert covered == int(np.minimum(split.train_limit - 1, 8).sum())  # the most recent max_len targets
+    assert covered < int((split.train_limit - 1).sum())  # the fixture has histories longer than 8
+
+
+def test_loo_causal_windows_config_is_checked(synthetic_prepared):
+    from conftest import tiny_config
+
+    from t2diff.config import ConfigError
+
+    assert tiny_config(synthetic_prepared, "sasrec", "data.loo.causal_windows=last").data.options.causal_windows \
+        == "last"
+    with pytest.raises((ConfigError, ValueError), match="causal_windows"):
+        tiny_config(synthetic_prepared, "sasrec", "data.loo.causal_windows=first")
+
+
 def test_paper_split_users_disjoint_and_seeded(ds):
     s1 = paper_split(ds, seed=3, history_cap=5, train_targets=4)
     s2 = paper_split(ds, seed=3, history_cap=5, train_targets=4)

@@ -130,7 +130,9 @@ class Trainer:
         cfg = self.cfg
         rng = np.random.default_rng(_epoch_seed(cfg.train.seed, epoch))
         torch.manual_seed(_epoch_seed(cfg.train.seed, epoch))  # dropout etc.: resume-proof
-        ex = self.split.train_examples(rng, self.model.causal, cfg.data.max_len, cfg.data.options.train_targets)
+        opts = cfg.data.options
+        ex = self.split.train_examples(rng, self.model.causal, cfg.data.max_len, opts.train_targets,
+                                       getattr(opts, "causal_windows", "all") == "last")
         order = rng.permutation(len(ex))[distributed.shard(len(ex), self.dist)]
         users, pos = ex.users[order], ex.positions[order]
         self.model.train()

@@ -22,10 +22,16 @@ class LooOptions:
     """``data.loo``: chronological leave-one-out."""
 
     train_targets: int = 10  # non-causal models: random target positions per user per epoch
+    # causal models: "all" = windows covering the whole trainable history once per epoch; "last" = only each
+    # user's most recent window of max_len targets (as the SASRec+ reference, antklen/sasrec-bert4rec-recsys23,
+    # trains: the older behaviours of long histories are never seen in training)
+    causal_windows: str = "all"
 
     def validate_config(self, where: str) -> None:
         if self.train_targets < 1:
             raise ValueError(f"{where}.train_targets: must be >= 1, got {self.train_targets}")
+        if self.causal_windows not in ("all", "last"):
+            raise ValueError(f"{where}.causal_windows: must be 'all' or 'last', got {self.causal_windows!r}")
 
 
 @dataclass
@@ -66,11 +72,13 @@ class Split:
     fixed_train: Examples | None = None  # protocol-fixed target positions (paper); None = sampled per epoch
     skipped_users: int = 0  # users too short for the protocol (counted, never silently mixed in)
 
-    def train_examples(self, rng: np.random.Generator, causal: bool, max_len: int, targets_per_user: int) -> Examples:
+    def train_examples(self, rng: np.random.Generator, causal: bool, max_len: int, targets_per_user: int,
+                       last_window_only: bool = False) -> Examples:
         """The examples of one epoch.
 
         causal models: windows ending at the last trainable position, then every max_len before it, so a
-        loss at every position covers the user's whole trainable history once.
+        loss at every position covers the user's whole trainable history once (``last_window_only``: only the
+        first of them, each user's most recent max_len targets).
         other models: ``targets_per_user`` random target positions per user (at least one behaviour before).
         A protocol with fixed positions (paper) returns them as they are for both kinds."""
         if self.fixed_train is not None:
@@ -78,7 +86,7 @@ class Split:
         if causal:
             us, js = [], []
             for u, lim in zip(self.train_users, self.train_limit, strict=True):
-                ends = np.arange(lim - 1, 0, -max_len)
+                ends = np.arange(lim - 1, 0, -max_len)[: 1 if last_window_only else None]
                 us.append(np.full(len(ends), u))
                 js.append(ends)
             return Examples(np.concatenate(us).astype(np.int64), np.concatenate(js).astype(np.int64))
