@@ -242,6 +242,7 @@ def test_dat_mimic_trains_augmented_vectors() -> None:
     ("caser", {"window": 20}),  # window longer than the history length L
     ("dat", {"use_user": True, "l2_norm": False}),
     ("gru4rec", {"num_layers": 2, "layer_dropout": 0.1}),
+    ("sasrec", {"layout": "kang", "emb_scale": True, "init_std": 0.02, "ffn_dim": 64}),  # the SASRec+ layout
 ])
 def test_config_variants(name: str, overrides: dict) -> None:
     model = build(name, **overrides)

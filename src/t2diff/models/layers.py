@@ -23,20 +23,35 @@ class TransformerConfig:
     emb_dropout: float = 0.2
 
 
-class TransformerBlock(nn.Module):
-    """Pre-LayerNorm self-attention block with a point-wise feed-forward network (SASRec style)."""
+# Block layouts. pre_ln: x + Attn(LN(x)), then x + FFN(LN(x)) with a GELU FFN (ours). kang: the original SASRec
+# (Kang & McAuley's TF code, kept by the pmixer port and the SASRec+ reference): the query is LN(x) but keys and
+# values are x un-normalised, the residual adds LN(x), the FFN reads LN(x) and adds it back, and the FFN is
+# ReLU with dropout after both linear maps; no dropout on the attention output.
+BLOCK_LAYOUTS = ("pre_ln", "kang")
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float) -> None:
+
+class TransformerBlock(nn.Module):
+    """Self-attention block with a point-wise feed-forward network; ``layout`` in BLOCK_LAYOUTS."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, layout: str = "pre_ln") -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {heads}")
-        self.heads = heads
+        if layout not in BLOCK_LAYOUTS:
+            raise ValueError(f"block layout must be one of {BLOCK_LAYOUTS}, got {layout!r}")
+        self.heads, self.layout = heads, layout
         self.ln1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.ln2 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
-        self.drop = Dropout(dropout)
+        if layout == "kang":
+            self.ffn = nn.Sequential(
+                nn.Linear(dim, ffn_dim), Dropout(dropout), nn.ReLU(), nn.Linear(ffn_dim, dim), Dropout(dropout)
+            )
+            self.drop = nn.Identity()
+        else:
+            self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
+            self.drop = Dropout(dropout)
         self.attn_drop = dropout
 
     def forward(self, x: Tensor, allow: Tensor, last_only: bool = False) -> Tensor:
@@ -46,16 +61,24 @@ class TransformerBlock(nn.Module):
         b, l, d = x.shape
         h, dh = self.heads, d // self.heads
         y = self.ln1(x)
-        if last_only:
+        kv_in = x if self.layout == "kang" else y  # kang: keys and values from the un-normalised input
+        if last_only or self.layout == "kang":
             w_q, w_kv = self.qkv.weight.split([d, 2 * d])  # rows: q, then k and v
             b_q, b_kv = self.qkv.bias.split([d, 2 * d])
-            q = F.linear(y[:, -1:], w_q, b_q).view(b, 1, h, dh).transpose(1, 2)  # [B, H, 1, Dh]
-            k, v = F.linear(y, w_kv, b_kv).view(b, l, 2, h, dh).permute(2, 0, 3, 1, 4)  # [B, H, L, Dh] each
-            x, allow = x[:, -1:], allow[..., -1:, :]
+            if last_only:
+                y, x, allow = y[:, -1:], x[:, -1:], allow[..., -1:, :]
+            lq = y.shape[1]
+            q = F.linear(y, w_q, b_q).view(b, lq, h, dh).transpose(1, 2)  # [B, H, Lq, Dh]
+            k, v = F.linear(kv_in, w_kv, b_kv).view(b, l, 2, h, dh).permute(2, 0, 3, 1, 4)  # [B, H, L, Dh] each
         else:
             q, k, v = self.qkv(y).view(b, l, 3, h, dh).permute(2, 0, 3, 1, 4)
         a = attention(q, k, v, allow, self.attn_drop, self.training)  # [B, H, Lq, Dh]
-        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, x.shape[1], d)))
+        a = self.proj(a.transpose(1, 2).reshape(b, x.shape[1], d))  # [B, Lq, D]
+        if self.layout == "kang":
+            x = y + a  # the residual adds the normalised query (eq. of Kang & McAuley's code)
+            y2 = self.ln2(x)
+            return y2 + self.ffn(y2)
+        x = x + self.drop(a)
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
