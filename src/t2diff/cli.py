@@ -14,6 +14,7 @@ COMMANDS: list[str] = [
     "evaluate",
     "diagnose",
     "compare",
+    "reproduce",
     "export",
     "retrieve",
     "serve",

@@ -1,0 +1,152 @@
+"""``t2diff reproduce``: the plan over the repository's configs, the self-contained run configs, and a whole
+reproduction on a tiny data set, interrupted mid-run and resumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from t2diff.cli import main
+from t2diff.config import ConfigError, load_config
+from t2diff.reproduce import ReproduceOptions, build_plan, reproduce
+from t2diff.reproduce.plan import TABLE2, write_run_config
+from t2diff.reproduce.report import compare_pair
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("protocol", ["paper", "loo"])
+def test_every_table2_row_has_a_config_at_our_scale(protocol: str) -> None:
+    for dataset in ("ml-1m", "kuairand"):
+        (st,) = build_plan(REPO / "configs", dataset, [protocol], ["ours"], ["table2"])
+        assert not st.missing, st.missing
+        assert [r.method for r in st.runs] == [m for m, _, _ in TABLE2] + ["T2DiffCausal (ours)"]
+        assert len({r.label for r in st.runs}) == len(st.runs)
+        ablations = {r.method: r for r in st.runs if r.method in ("Mixed-attention", "W/O DP")}
+        t2 = next(r for r in st.runs if r.method == "T2Diff")
+        assert all(a.source == t2.source and a.overrides for a in ablations.values())  # T2Diff + one switch
+
+
+def test_tables_3_and_4_reuse_table2s_t2diff_run() -> None:
+    plan = build_plan(REPO / "configs", "ml-1m", ["paper"], ["ours"], ["table2", "table3", "table4"])
+    t3, t4 = plan[1], plan[2]
+    assert [r.method for r in t3.runs] == ["beta=linear", "beta=log", "beta=exp"]
+    assert [r.method for r in t4.runs] == ["T=10", "T=50", "T=200"]
+    t2cfg = load_config(REPO / "configs/ml-1m/t2diff.yaml").model["diffusion"]
+    for st, key in ((t3, "schedule"), (t4, "steps")):
+        reused = [r for r in st.runs if r.reuse]
+        assert len(reused) == 1 and reused[0].reuse == "table2-paper-ours/t2diff"
+        assert reused[0].method.endswith(f"={t2cfg[key]}")  # the row whose setting is T2Diff's default
+    # without Table 2 in the plan every row is trained
+    (t3_alone,) = build_plan(REPO / "configs", "ml-1m", ["paper"], ["ours"], ["table3"])
+    assert not any(r.reuse for r in t3_alone.runs)
+
+
+def test_unknown_plan_names_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="movielens"):
+        build_plan(REPO / "configs", "movielens", ["paper"], ["ours"], ["table2"])
+    with pytest.raises(ConfigError, match="scale"):
+        build_plan(REPO / "configs", "ml-1m", ["paper"], ["huge"], ["table2"])
+
+
+def test_run_configs_are_self_contained(tmp_path: Path) -> None:
+    (st,) = build_plan(REPO / "configs", "ml-1m", ["paper"], ["ours"], ["table2"])
+    wo_dp = next(r for r in st.runs if r.method == "W/O DP")
+    path = write_run_config(wo_dp, tmp_path, ["eval.ks=[2,20]"])
+    raw = yaml.safe_load(path.read_text())
+    assert "base" not in raw  # the base chain is merged in: the file alone defines the run
+    cfg = load_config(path)
+    want = load_config(REPO / "configs/ml-1m/t2diff.yaml", ["model.diffusion.drift=false", "eval.ks=[2,20]"])
+    assert cfg.to_dict() == want.to_dict()
+
+
+def test_orderings_use_binomial_standard_errors() -> None:
+    # p = 0.5 and 0.4 on 400 examples: se 0.025 and 0.0245, z = 0.1 / 0.035 = 2.86
+    assert compare_pair(0.5, 0.4, 400, ">").startswith("holds (0.5000 vs 0.4000, z +2.9)")
+    assert compare_pair(0.5, 0.45, 400, ">").startswith("does not hold")
+    assert compare_pair(0.45, 0.5, 400, ">=").startswith("holds")  # not clearly worse
+    assert compare_pair(0.5, 0.45, 400, "~").startswith("holds")
+    assert compare_pair(None, 0.4, 400, ">") == "not measured"
+
+
+TINY = {
+    "sasrec.yaml": {"data": {"protocol": "loo", "max_len": 12},
+                    "model": {"name": "sasrec", "hidden": 16, "num_blocks": 1, "ffn_dim": 32},
+                    "train": {"epochs": 2, "batch_size": 16, "lr": 0.005, "threads": 1}},
+    "t2diff.yaml": {"data": {"protocol": "paper", "max_len": 12},
+                    "model": {"name": "t2diff", "hidden": 16, "diffusion": {"steps": 3, "schedule": "exp"},
+                              "unet": {"levels": 3},
+                              "attention": {"session_len": 4, "heads": 2, "ffn_dim": 32, "din_hidden": 16,
+                                            "time_emb_dim": 4, "session_gap": 30}},
+                    "train": {"epochs": 2, "batch_size": 16, "lr": 0.005, "threads": 1}},
+}
+
+
+def _tiny_root(tmp: Path, prepared: Path) -> Path:
+    root = tmp / "configs"
+    (root / "ml-1m").mkdir(parents=True)
+    for name, raw in TINY.items():
+        raw = {**raw, "data": {**raw["data"], "path": str(prepared)}}
+        (root / "ml-1m" / name).write_text(yaml.safe_dump(raw))
+    return root
+
+
+def test_reproduce_end_to_end_interrupted_and_resumed(tmp_path: Path, synthetic_prepared: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from t2diff.train import Trainer
+
+    root = _tiny_root(tmp_path, synthetic_prepared)
+    out = tmp_path / "out"
+    opts = ReproduceOptions(dataset="ml-1m", out=out, config_root=root, protocols=["paper"], scales=["ours"],
+                            tables=["table2", "table3"], with_ours=False, progress=False, infer_repeats=1,
+                            figure4_users=8)
+    calls: list[str] = []
+    armed = [True]
+    real_epoch = Trainer.train_epoch
+
+    def interrupt(self: Trainer, epoch: int) -> float:  # the 'beta=linear' run dies in its second epoch
+        calls.append(self.run_dir.name)
+        if armed[0] and self.run_dir.name == "t2diff-beta-linear" and epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(opts, log=lambda s: None)
+    t2 = out / "table2-paper-ours" / "runs"
+    finished = {d.name: (d / "metrics.json").stat().st_mtime for d in t2.iterdir()}
+    assert set(finished) == {"sasrec", "t2diff", "t2diff-mixed-attention", "t2diff-wo-dp"}
+    partial = (out / "REPORT.md").read_text()
+    assert "in progress" in partial and "| 0.2773 |" in partial  # Table 2 written, the paper's T2Diff beside ours
+    linear = out / "table3-ours" / "runs" / "t2diff-beta-linear"
+    assert (linear / "last.pt").exists() and not (linear / "metrics.json").exists()
+
+    with pytest.raises(ConfigError, match="--resume"):  # nothing is overwritten without --resume
+        reproduce(opts, log=lambda s: None)
+    calls.clear()
+    armed[0] = False
+    opts.resume = True
+    reproduce(opts, log=lambda s: None)
+    assert calls == ["t2diff-beta-linear", "t2diff-beta-log", "t2diff-beta-log"]  # epoch 2 of linear, then log
+    assert {d.name: (d / "metrics.json").stat().st_mtime for d in t2.iterdir()} == finished  # reused, not retrained
+    hist = [json.loads(x) for x in (linear / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    report = (out / "REPORT.md").read_text()
+    assert "status: finished" in report
+    assert "the table2-paper-ours run" in report  # beta=exp is Table 2's T2Diff run
+    assert "## Figure 4" in report and (out / "figure4-ours" / "diffusion_cosine_trace.png").exists()
+    assert (out / "table2-paper-ours.png").exists() and (out / "table3-ours.png").exists()
+    data = json.loads((out / "reproduce.json").read_text())
+    rows = {r["method"]: r for r in data["studies"]["table2-paper-ours"]["rows"]}
+    assert rows["T2Diff"]["status"] == "all 2 epochs" and rows["SASRec"]["test"]["recall@20"] >= 0
+    assert "Caser: no" in report  # rows without a config are listed, not silently dropped
+
+
+def test_reproduce_cli_rejects_an_unknown_only(tmp_path: Path, synthetic_prepared: Path, capsys) -> None:
+    root = _tiny_root(tmp_path, synthetic_prepared)
+    rc = main(["reproduce", "ml-1m", "--config-root", str(root), "--out", str(tmp_path / "o"), "--only",
+               "table9", "--protocols", "paper", "--scales", "ours", "--no-progress"])
+    assert rc == 2 and "table9" in capsys.readouterr().err
