@@ -161,8 +161,14 @@ class EvalConfig:
     # items scored at a time per user chunk (memory O(batch_size * item_block), identical ranks; t2diff.ranking);
     # null = the whole catalogue at once (the former path)
     item_block: int | None = 2048
+    # paper protocol only: also report the test metrics as the authors' test() computes them with this test batch
+    # size (512 on ML-1M: the first 512 test rows counted twice; t2diff.data.protocols.authors_test_counts), beside
+    # the honest ones and labelled; None = off
+    authors_test_batch: int | None = None
 
     def validate_config(self, where: str) -> None:
+        if self.authors_test_batch is not None and self.authors_test_batch < 1:
+            raise ConfigError(f"{where}.authors_test_batch: must be >= 1 (or null), got {self.authors_test_batch}")
         if not self.ks or any(k < 1 for k in self.ks):
             raise ConfigError(f"{where}.ks: needs cut-offs >= 1, got {self.ks}")
         if self.batch_size < 1:
@@ -180,6 +186,11 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def validate_config(self, where: str) -> None:
+        if self.eval.authors_test_batch is not None and self.data.protocol != "paper":
+            raise ConfigError(f"eval.authors_test_batch: the authors' test loop belongs to the paper protocol "
+                              f"(data.protocol: paper); data.protocol is {self.data.protocol!r}: set it to null")
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:

@@ -17,6 +17,9 @@ class Interactions:
     sources: list[str] = field(default_factory=list)  # files read, in order
     # original item id (as str) -> feature tokens such as "genre=Comedy"
     item_features: dict[str, list[str]] | None = None
+    # [N] int64 index of each row in the reader's output (the source rows in file order); set by prepare before
+    # filtering so the cache keeps the file order (``file_rows.npy``)
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -28,4 +31,4 @@ class Interactions:
             return None if a is None else a[keep]
 
         return Interactions(self.users[keep], self.items[keep], sub(self.times), sub(self.order),
-                            sub(self.ratings), list(self.sources), self.item_features)
+                            sub(self.ratings), list(self.sources), self.item_features, sub(self.rows))

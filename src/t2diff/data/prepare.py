@@ -5,6 +5,9 @@ Cache layout (all deterministic: the same input gives byte-identical files):
   user_ptr.npy       int64 [U+1]  user u's items are items[user_ptr[u-1]:user_ptr[u]] (internal users 1..U)
   items.npy          int32 [N]    internal item ids 1..I, each user's history oldest first
   times.npy          int64 [N]    unix seconds (only when the source has timestamps)
+  file_rows.npy      int64 [N]    index of each interaction among the rows the reader returned (the source files'
+                                  rows in file order, before filtering): each history in file order is its rows
+                                  sorted by this (data.paper.history_order: file). Caches made before it lack it.
   user_ids.txt       original user id of internal id k on line k
   item_ids.txt       original item id of internal id k on line k
   item_features.npy  int32 [I+1, F] feature tokens per item, 0 = none (only with side features)
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +74,8 @@ def prepare(inter: Interactions, out_dir: Path, spec: FilterSpec, dataset: str, 
     if len(inter) == 0:
         raise DataError("the source has no interactions")
     raw_count = len(inter)
+    # the read order, before the filters drop rows (the authors read ratings.dat in file order)
+    inter = replace(inter, rows=np.arange(raw_count, dtype=np.int64))
     inter = apply_filters(inter, spec)
     uniq_u, uidx = _sort_ids(inter.users)
     uniq_i, iidx = _sort_ids(inter.items)
@@ -94,6 +99,8 @@ def prepare(inter: Interactions, out_dir: Path, spec: FilterSpec, dataset: str, 
         (out_dir / stale).unlink(missing_ok=True)
     np.save(out_dir / "user_ptr.npy", user_ptr)
     np.save(out_dir / "items.npy", iid.astype(np.int32))
+    assert inter.rows is not None
+    np.save(out_dir / "file_rows.npy", inter.rows[perm].astype(np.int64))
     if inter.times is not None:
         np.save(out_dir / "times.npy", inter.times[perm].astype(np.int64))
     _write_ids(out_dir / "user_ids.txt", uniq_u)

@@ -7,12 +7,12 @@ held-out target: every training window ends before the first held-out position o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from t2diff.data.errors import DataError
-from t2diff.data.prepared import PreparedDataset
+from t2diff.data.prepared import HISTORY_ORDERS, PreparedDataset
 
 PROTOCOLS = ("loo", "paper")
 
@@ -41,6 +41,9 @@ class PaperOptions:
     split_seed: int = 42  # the train/test user split and the target positions
     test_frac: float = 0.2  # share of test users
     train_targets: int = 10  # target positions per train user
+    # the order of each history: chronological, or "file": the order of the source rows (the authors read
+    # ratings.dat in file order, which within an ML-1M user is not chronological); needs a cache with file_rows.npy
+    history_order: str = field(default="chronological", metadata={"choices": HISTORY_ORDERS})
 
     def validate_config(self, where: str) -> None:
         if not 0 < self.test_frac < 1:
@@ -152,12 +155,32 @@ def paper_split(ds: PreparedDataset, seed: int = 42, test_frac: float = 0.2, his
 
 
 def make_split(ds: PreparedDataset, protocol: str, options: object | None = None, max_len: int = 50) -> Split:
-    """The split of ``protocol`` with its options (a ``PROTOCOL_OPTIONS`` instance; None = defaults)."""
+    """The split of ``protocol`` with its options (a ``PROTOCOL_OPTIONS`` instance; None = defaults). It also sets
+    the order of ``ds``'s histories in place (``data.paper.history_order``; chronological otherwise), so batches
+    made from ``ds`` after it follow the split's order."""
     if protocol not in PROTOCOL_OPTIONS:
         raise DataError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     opt = options if options is not None else PROTOCOL_OPTIONS[protocol]()
+    ds.set_history_order(opt.history_order if isinstance(opt, PaperOptions) else "chronological")
     if protocol == "loo":
         return leave_one_out(ds)
     assert isinstance(opt, PaperOptions)
     return paper_split(ds, seed=opt.split_seed, test_frac=opt.test_frac, history_cap=max_len,
                        train_targets=opt.train_targets)
+
+
+def authors_test_counts(num_rows: int, batch: int) -> np.ndarray:
+    """[num_rows] int64: how many times the authors' ``test()`` counts each test row in its means (rows in split
+    order). Given more than ``batch`` rows it runs ``num_rows // batch`` batches but advances the start index only
+    after that loop, so each of them is rows 0..batch-1; then one batch of every row from ``batch`` on, and none
+    when ``batch`` divides ``num_rows``. ML-1M: 1,208 rows, batch 512 -> rows 0..511 twice, the others once.
+    The rule is applied to all test rows as one batch of the authors' batcher, which is what their ML-1M run sees
+    (their batcher hands test() all 1,208 rows at once); it groups rows by input length first, so on data where
+    that splits the test rows the authors' count differs."""
+    counts = np.ones(num_rows, dtype=np.int64)
+    if num_rows > batch:
+        repeats, remain = divmod(num_rows, batch)
+        counts[:batch] = repeats
+        if remain == 0:
+            counts[batch:] = 0
+    return counts
