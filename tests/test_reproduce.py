@@ -142,6 +142,9 @@ def test_reproduce_end_to_end_interrupted_and_resumed(tmp_path: Path, synthetic_
     data = json.loads((out / "reproduce.json").read_text())
     rows = {r["method"]: r for r in data["studies"]["table2-paper-ours"]["rows"]}
     assert rows["T2Diff"]["status"] == "all 2 epochs" and rows["SASRec"]["test"]["recall@20"] >= 0
+    assert "double-counted first batch" in report
+    t2_metrics = json.loads((t2 / "t2diff" / "metrics.json").read_text())
+    assert any(k.startswith("test_authors_double_count") for k in t2_metrics)  # the authors' count, labelled
     assert "Caser: no" in report  # rows without a config are listed, not silently dropped
 
 
