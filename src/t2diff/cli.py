@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from t2diff.runtime import tune_allocator
+
+    tune_allocator()  # every command: freed tensor memory reused (t2diff.runtime; T2DIFF_ALLOCATOR=default: off)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

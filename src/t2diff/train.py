@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from t2diff import checkpoint, distributed, run
+from t2diff import checkpoint, distributed, run, runtime
 from t2diff.config import ExperimentConfig, same_run
 from t2diff.data.batching import make_batch
 from t2diff.data.protocols import Examples, authors_test_counts
@@ -62,6 +62,7 @@ class Trainer:
         self.log = log if self.dist.is_main else (lambda s: None)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        runtime.tune_allocator()  # freed tensor memory reused instead of page-faulted again (t2diff.runtime)
         torch.manual_seed(cfg.train.seed)
         parts = run.assemble(cfg)
         self.ds, self.split, self.model = parts.ds, parts.split, parts.model.to(device)
@@ -289,6 +290,7 @@ class Trainer:
         out["world_size"] = self.dist.world
         out["item_updates"] = self.item_updates
         out["precision"] = cfg.train.precision
+        out["allocator"] = runtime.allocator_state()
         if self.stopped:
             out["stopped"] = self.stopped  # the budget ended this invocation; the run is resumable
         if self.dist.is_main:
