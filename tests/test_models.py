@@ -260,3 +260,30 @@ def test_every_registered_model_has_a_tiny_config() -> None:
     from conftest import TINY_MODEL
 
     assert set(TINY_MODEL) == set(MODELS)
+
+
+def test_side_features_gathered_per_item_equal_per_position_pooling() -> None:
+    """A batch with more ids than items takes the per-item table path: same values, same gradients."""
+    from torch import nn
+
+    from t2diff.models.layers import SideFeatures
+
+    class Holder(nn.Module, SideFeatures):
+        pass
+
+    info = make_info(features=True)
+    torch.manual_seed(3)
+    h = Holder()
+    h.init_side_features(info, 8, enabled=True)
+    ids = torch.randint(0, NUM_ITEMS + 1, (9, 12))  # 108 ids > 51 rows: the table path
+    x = torch.randn(9, 12, 8)
+    tok = h.item_feats[ids]
+    m = (tok > 0).unsqueeze(-1).float()
+    want = x + (h.feat_emb(tok) * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+    got = h.with_side_features(x, ids)
+    assert torch.equal(got, want)
+    g_want = torch.autograd.grad(want.square().sum(), h.feat_emb.weight)[0]
+    g_got = torch.autograd.grad(h.with_side_features(x, ids).square().sum(), h.feat_emb.weight)[0]
+    torch.testing.assert_close(g_got, g_want)
+    few = ids[:1, :3]  # fewer ids than items: the per-id path, same values
+    torch.testing.assert_close(h.with_side_features(x[:1, :3], few), want[:1, :3], rtol=0, atol=0)
