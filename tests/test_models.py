@@ -86,6 +86,21 @@ def test_one_training_step(name: str, features: bool) -> None:
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, model.parameters(), strict=True))
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_one_training_step_in_bf16(name: str) -> None:
+    """train.precision=bf16: every model's loss runs under autocast, is finite and back-propagates into fp32
+    parameters."""
+    from t2diff.precision import autocast
+
+    model = build(name, features=True)
+    with autocast("bf16", "cpu"):
+        loss, _ = model.loss(make_batch())
+    loss.backward()
+    assert math.isfinite(loss.item())
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 for g in grads)
+
+
 @pytest.mark.parametrize("features", [False, True], ids=["plain", "features+time"])
 @pytest.mark.parametrize("name", ALL)
 def test_embedding_shapes(name: str, features: bool) -> None:

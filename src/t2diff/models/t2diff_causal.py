@@ -352,9 +352,9 @@ class T2DiffCausal(SideFeatures, CausalEncoder, config=T2DiffCausalConfig):
             x0 = self.diffusion_x0(xk, self.item_inputs(tgt[keep]).detach())  # [N, D], stop-gradient target
             t = self.schedule.sample_steps(ck.shape[0], device=ck.device)  # eq. 12
             z_t = self.schedule.q_sample(x0, t, torch.randn_like(x0))  # eq. 14
-            denoise = (self.denoiser(z_t, t, ck) - x0).pow(2).sum(-1).mean()  # eq. 15, 23
+            denoise = (self.denoiser(z_t, t, ck).float() - x0).pow(2).sum(-1).mean()  # eq. 15, 23 (fp32 under bf16)
             x_hat = self.sample_xhat(ck, xk, None, self.train_sampler)  # as at inference, from pure noise
-            x_hat_full = x.new_zeros(b, l, d).index_put((keep,), x_hat)  # [B, L, D]; 0 where no target
+            x_hat_full = x.new_zeros(b, l, d).index_put((keep,), x_hat.to(x.dtype))  # [B, L, D]; 0: no target
             extra = self.cfg.denoise_weight * denoise
             logs["denoise"] = denoise.item()
             if self.cfg.xhat_ce_weight > 0:
