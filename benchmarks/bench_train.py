@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from t2diff import losses
+from t2diff import losses, runtime
 from t2diff.config import load_config
 from t2diff.data.batching import make_batch
 from t2diff.models import dropout as dropout_mod
@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--name", default="train", help="output file stem")
     p.add_argument("--profile", action="store_true", help="profile each variant's steps (top operators)")
+    p.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
+                   help="tuned: t2diff.runtime.tune_allocator(), as the CLI and Trainer run; default: glibc's "
+                   "own thresholds (the setting before it; run once each to compare)")
     return p.parse_args(argv)
 
 
@@ -140,6 +143,8 @@ VARIANTS = ("ours", "torch_dropout", "bf16", "reference", "sampled")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     prov = provenance(argv, __file__)
+    if args.allocator == "tuned":
+        runtime.tune_allocator()
     base = [f"data.path={args.data}", f"data.max_len={args.max_len}", "train.precision=fp32"]
     cfg = load_config(args.config, base)
     threads_list = [int(x) for x in args.threads.split(",")]
@@ -196,11 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
     meta = {"config": str(Path(args.config).resolve().relative_to(REPO)) if Path(args.config).resolve()
             .is_relative_to(REPO) else args.config, "max_len": args.max_len,
-            "batch": "128 windows, loss at every position", "steps": args.steps}
+            "batch": "128 windows, loss at every position", "steps": args.steps,
+            "allocator": runtime.allocator_state()}
     write_json(args.out / f"{args.name}.json", {"meta": meta, "rows": rows, "profiles": profiles}, prov)
     md = [f"# Training throughput: SASRec on ML-1M, L = {args.max_len}", "",
           f"Config `{meta['config']}` (precision forced to fp32 except the bf16 column), L = {args.max_len}, "
-          f"batches of 128 epoch windows; {args.steps} timed steps after 2 warm-up steps. Targets = softmax "
+          f"batches of 128 epoch windows; {args.steps} timed steps after 2 warm-up steps; allocator: "
+          f"{meta['allocator']}. Targets = softmax "
           "cross-entropy terms (RecBole: samples, one target each, its MAX_ITEM_LIST_LENGTH set to the same L). "
           "Floor = the step's counted FLOPs at the "
           "same-run rate of a bare matmul of the output layer's shape (fp32; for bf16, a bf16 matmul). `torch "
