@@ -198,6 +198,8 @@ def _differences(opts: ReproduceOptions, data_line: str) -> list[str]:
         "(configs/<dataset>/paper-scale/). Our side features are added to the id embedding, not concatenated.",
         "- **Protocols.** `paper`: 80/20 users (seed 42), one test position per test user, history 50. `loo`: "
         "chronological leave-one-out over every user, full ranking over all items; not in the paper.",
+        "- **Params MB.** Ours: fp32 weights (count x 4 bytes). At the paper's scale its column matches about 8 bytes "
+        "per weight (docs/paper-scale.md), so expect ours at about half of it there.",
         "- **Inference time.** Ours: the user tower per sample, batched, on this machine's CPU; the paper's: per "
         "sample on 5 Tesla T4 GPUs. Compare ratios within a column, not across.",
         ("- **Data.** KuaiRand: our shared subset (KuaiRand-Pure clicks), smaller than the paper's 25,828 users / "
