@@ -48,7 +48,6 @@ class ReproduceOptions:
     with_ours: bool = True  # add our working variant (T2DiffCausal) to Table 2
     progress: bool = True
     infer_repeats: int = 5
-    command: str = ""
 
 
 @dataclass
@@ -120,7 +119,7 @@ def reproduce(opts: ReproduceOptions, log: Callable[[str], None] = print) -> lis
     for st, names in zip(plan, prepared, strict=True):
         outcomes.append(_run_study(st, names, opts, budget, outcomes, log))
         write_report(opts, plan, outcomes, prov, started, finished=False)
-    figures = _figure4(opts, plan, log)
+    figures = _figure4(opts, {st.key: names for st, names in zip(plan, prepared, strict=True)}, log)
     write_report(opts, plan, outcomes, prov, started, finished=True, figures=figures)
     log(f"wrote {opts.out / 'REPORT.md'} ({(time.perf_counter() - started) / 60:.1f} min)")
     return outcomes
@@ -202,7 +201,7 @@ def _epochs(config: Path) -> int | None:
     return (raw.get("train") or {}).get("epochs")
 
 
-def _figure4(opts: ReproduceOptions, plan: list[Study], log: Callable[[str], None]) -> dict[str, Path]:
+def _figure4(opts: ReproduceOptions, names: dict[str, dict[str, str]], log: Callable[[str], None]) -> dict[str, Path]:
     """Figure 4 (cosine of z0_hat to z0 along the reverse chain) for each scale's Table 2 T2Diff run (paper
     protocol); rebuilt whenever the run is newer than the figure."""
     from t2diff.cli import main
@@ -210,9 +209,9 @@ def _figure4(opts: ReproduceOptions, plan: list[Study], log: Callable[[str], Non
     out: dict[str, Path] = {}
     for scale in opts.scales:
         key = study_key("table2", "paper", scale)
-        if not any(s.key == key for s in plan):
+        if "t2diff" not in names.get(key, {}):  # that study is not in the plan, or has no T2Diff config
             continue
-        run = opts.out / key / "runs" / "t2diff"
+        run = opts.out / key / "runs" / names[key]["t2diff"]  # compare's run name for the label
         if not (run / "metrics.json").exists():
             continue
         fig = opts.out / f"figure4-{scale}"
