@@ -153,3 +153,21 @@ def test_reproduce_cli_rejects_an_unknown_only(tmp_path: Path, synthetic_prepare
     rc = main(["reproduce", "ml-1m", "--config-root", str(root), "--out", str(tmp_path / "o"), "--only",
                "table9", "--protocols", "paper", "--scales", "ours", "--no-progress"])
     assert rc == 2 and "table9" in capsys.readouterr().err
+
+
+def test_eval_users_is_a_labelled_sample_in_every_run(tmp_path: Path, synthetic_prepared: Path) -> None:
+    root = _tiny_root(tmp_path, synthetic_prepared)
+    out = tmp_path / "out"
+    opts = ReproduceOptions(dataset="ml-1m", out=out, config_root=root, protocols=["loo"], scales=["ours"],
+                            tables=["table2"], with_ours=False, progress=False, infer_repeats=1,
+                            only=["table2-loo-ours/sasrec"], eval_users=9)
+    reproduce(opts, log=lambda s: None)
+    metrics = json.loads((out / "table2-loo-ours" / "runs" / "sasrec" / "metrics.json").read_text())
+    assert metrics["num_test_examples"] == 9 and metrics["eval_users"]["sampled"] == 9
+    assert metrics["eval_users"]["of"] > 9
+    assert "max_users: 9" in (out / "table2-loo-ours" / "configs" / "sasrec.yaml").read_text()
+    report = (out / "REPORT.md").read_text()
+    assert "seeded sample of 9 test users" in report and "test, 9 examples" in report
+    with pytest.raises(ConfigError, match="--eval-users"):
+        reproduce(ReproduceOptions(dataset="ml-1m", out=tmp_path / "o2", config_root=root, eval_users=0),
+                  log=lambda s: None)

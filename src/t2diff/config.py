@@ -165,8 +165,14 @@ class EvalConfig:
     # size (512 on ML-1M: the first 512 test rows counted twice; t2diff.data.protocols.authors_test_counts), beside
     # the honest ones and labelled; None = off
     authors_test_batch: int | None = None
+    # a reduced pass: validation and test on a seeded sample of this many test users (the same in both; training
+    # unchanged); metrics.json says so under "eval_users". None = every user, as every reported number should be
+    max_users: int | None = None
+    user_sample_seed: int = 0
 
     def validate_config(self, where: str) -> None:
+        if self.max_users is not None and self.max_users < 1:
+            raise ConfigError(f"{where}.max_users: must be >= 1 (or null), got {self.max_users}")
         if self.authors_test_batch is not None and self.authors_test_batch < 1:
             raise ConfigError(f"{where}.authors_test_batch: must be >= 1 (or null), got {self.authors_test_batch}")
         if not self.ks or any(k < 1 for k in self.ks):

@@ -17,7 +17,7 @@ from t2diff.config import ExperimentConfig, experiment_from_dict, model_config
 from t2diff.data.errors import DataError
 from t2diff.data.prepare import rebuild
 from t2diff.data.prepared import PreparedDataset
-from t2diff.data.protocols import Split, make_split
+from t2diff.data.protocols import Split, make_split, sample_eval_users
 from t2diff.losses import Objective
 from t2diff.models.base import DataInfo, SeqRecModel
 from t2diff.registry import get_model_class
@@ -35,7 +35,10 @@ def data_info(ds: PreparedDataset, cfg: ExperimentConfig) -> DataInfo:
 
 
 def build_split(cfg: ExperimentConfig, ds: PreparedDataset) -> Split:
-    return make_split(ds, cfg.data.protocol, cfg.data.options, cfg.data.max_len)
+    split = make_split(ds, cfg.data.protocol, cfg.data.options, cfg.data.max_len)
+    if cfg.eval.max_users is not None:  # a reduced pass: evaluate a seeded sample of users (labelled in metrics)
+        split = sample_eval_users(split, cfg.eval.max_users, cfg.eval.user_sample_seed)
+    return split
 
 
 def objective(cfg: ExperimentConfig, ds: PreparedDataset | None = None, split: Split | None = None) -> Objective:

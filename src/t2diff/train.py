@@ -52,6 +52,10 @@ class TrainState:
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
 
+EVAL_SAMPLE_DEFINITION = ("validation and test on a seeded random sample of the test users (eval.max_users), "
+                          "the same users in both; an estimate of the full set's metrics with a larger standard "
+                          "error, not the full evaluation")
+
 
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True, device: str = "cpu",
@@ -284,6 +288,10 @@ class Trainer:
                 out[AUTHORS_LOOP_DEFINITION] = authors_loop_definition(len(self.split.test), batch)
                 if cfg.train.report_max_over_epochs and st.history:
                     out[AUTHORS_BOTH_LABEL] = _max_over_epochs(st.history, AUTHORS_LOOP_LABEL)
+        if self.split.eval_users_of is not None:  # a reduced pass's sample, never to be mistaken for the full set
+            out["eval_users"] = {"sampled": int(len(np.unique(self.split.test.users))),
+                                 "of": self.split.eval_users_of, "seed": cfg.eval.user_sample_seed,
+                                 "definition": EVAL_SAMPLE_DEFINITION}
         out["history_order"] = self.ds.history_order  # what the split ran on (data.paper.history_order)
         if self.ds.history_order == "file":
             out["history_order_definition"] = HISTORY_FILE_DEFINITION

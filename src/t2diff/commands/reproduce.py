@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--figure4-users", type=int, default=256, help="test examples traced for Figure 4")
     p.add_argument("--infer-repeats", type=int, default=5)
+    p.add_argument("--eval-users", type=int, metavar="N",
+                   help="a reduced pass: validate and test every run on the same seeded sample of N test users "
+                        "(eval.max_users; labelled in the report); default every user")
     add_progress_arg(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides applied to every run")
     p.set_defaults(func=run)
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         protocols=args.protocols, scales=args.scales, tables=args.tables, budget_minutes=args.budget_minutes,
         epochs=args.epochs, resume=args.resume, only=args.only, data=args.data, overrides=args.overrides,
         device=args.device, figure4_users=args.figure4_users, with_ours=not args.no_ours,
-        progress=not args.no_progress, infer_repeats=args.infer_repeats)
+        progress=not args.no_progress, infer_repeats=args.infer_repeats,
+        eval_users=args.eval_users)
     try:
         reproduce(opts)
     except (ConfigError, DataError, TrainingError, FileNotFoundError) as e:

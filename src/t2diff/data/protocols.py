@@ -7,7 +7,7 @@ held-out target: every training window ends before the first held-out position o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -74,6 +74,7 @@ class Split:
     train_limit: np.ndarray  # int64 [Ut]: positions 0..limit-1 are trainable (targets at 1..limit-1)
     fixed_train: Examples | None = None  # protocol-fixed target positions (paper); None = sampled per epoch
     skipped_users: int = 0  # users too short for the protocol (counted, never silently mixed in)
+    eval_users_of: int | None = None  # set when valid/test are a sample (eval.max_users): how many users in all
 
     def train_examples(self, rng: np.random.Generator, causal: bool, max_len: int, targets_per_user: int,
                        last_window_only: bool = False) -> Examples:
@@ -167,6 +168,28 @@ def make_split(ds: PreparedDataset, protocol: str, options: object | None = None
     assert isinstance(opt, PaperOptions)
     return paper_split(ds, seed=opt.split_seed, test_frac=opt.test_frac, history_cap=max_len,
                        train_targets=opt.train_targets)
+
+
+def sample_eval_users(split: Split, max_users: int, seed: int = 0) -> Split:
+    """``split`` with validation and test restricted to a seeded sample of ``max_users`` of the test users (the
+    same users in both), in split order; training is unchanged. A reduced pass's shortcut (``eval.max_users``):
+    metrics on the sample estimate the full set's with a larger standard error, and every report labels them."""
+    if max_users < 1:
+        raise DataError(f"eval.max_users: must be >= 1 (or null), got {max_users}")
+    users = np.unique(split.test.users)
+    if max_users >= len(users):
+        return split
+    keep = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+
+    def cut(ex: Examples | None) -> Examples | None:
+        if ex is None:
+            return None
+        m = np.isin(ex.users, keep)
+        return Examples(ex.users[m], ex.positions[m])
+
+    test = cut(split.test)
+    assert test is not None
+    return replace(split, valid=cut(split.valid), test=test, eval_users_of=len(users))
 
 
 def authors_test_counts(num_rows: int, batch: int) -> np.ndarray:

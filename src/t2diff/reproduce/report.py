@@ -220,6 +220,9 @@ def write_report(opts: ReproduceOptions, plan: list[Any], outcomes: list[StudyOu
               else f"{opts.budget_minutes} training minutes shared by the runs this invocation trained")
     if opts.epochs is not None:
         budget += f", epochs capped at {opts.epochs}"
+    if opts.eval_users is not None:
+        budget += (f", validation and test on a seeded sample of {opts.eval_users} test users per study "
+                   "(eval.max_users: estimates with larger standard errors, not the full evaluation)")
     lines = [f"# Reproduction of Wang et al., WWW'25 (T2Diff) on {opts.dataset}", "",
              f"- status: {'finished' if finished else 'in progress'}; this invocation's wall time "
              f"{minutes:.1f} min; budget: {budget}",

@@ -48,6 +48,7 @@ class ReproduceOptions:
     with_ours: bool = True  # add our working variant (T2DiffCausal) to Table 2
     progress: bool = True
     infer_repeats: int = 5
+    eval_users: int | None = None  # eval.max_users for every run (a reduced pass's seeded user sample)
 
 
 @dataclass
@@ -101,7 +102,10 @@ def reproduce(opts: ReproduceOptions, log: Callable[[str], None] = print) -> lis
     if not opts.resume and any((opts.out / s.key / "runs").exists() for s in plan):
         raise ConfigError(f"{opts.out} already holds runs: pass --resume to continue or reuse them, or use "
                           "another --out (nothing is overwritten)")
-    shared = [*([f"data.path={opts.data}"] if opts.data else []), *opts.overrides]
+    if opts.eval_users is not None and opts.eval_users < 1:
+        raise ConfigError(f"--eval-users must be >= 1, got {opts.eval_users}")
+    shared = [*([f"data.path={opts.data}"] if opts.data else []),
+              *([f"eval.max_users={opts.eval_users}"] if opts.eval_users else []), *opts.overrides]
     prepared = [_prepare_study(st, opts, shared) for st in plan]  # configs written, compare's run names known
     todo = [r for st, names in zip(plan, prepared, strict=True) for r in st.trained
             if _selected(opts, st, r) and _will_train(opts.out / st.key / "runs" / names[r.label])]
