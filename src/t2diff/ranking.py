@@ -81,16 +81,24 @@ def rank_blocked(u: Tensor, items: Tensor, targets: Tensor, seen: tuple[Tensor, 
         order = torch.argsort(s_cols)
         s_rows, s_cols = s_rows[order], s_cols[order]
     ref = t_eff[:, None]  # [B, 1]
-    gt = torch.zeros(b, dtype=torch.long, device=u.device)  # items scored > the target
-    eq = torch.zeros_like(gt)  # items scored == the target (itself included)
-    nan = torch.zeros_like(gt)  # items scored NaN (after masking)
+    # the rows whose target lies in each block, found once for the chunk (not with [B]-sized ops per block)
+    tblock = torch.div(targets - 1, block, rounding_mode="floor")  # [B]
+    by_block = torch.argsort(tblock, stable=True)
+    bounds = [0, *torch.cumsum(torch.bincount(tblock, minlength=(num_items + block - 1) // block), 0).tolist()]
+    t_blk = t_raw.clone()  # [B] the block entry holding each target, compared with t_raw after the loop
+    # per-row sums of sign(s - t) and |sign(s - t)| over the blocks (exact: integers, float64), converted once
+    f_sign = torch.zeros(b, dtype=torch.float64, device=u.device)
+    f_abs = torch.zeros_like(f_sign)
+    cols = torch.full((b,), num_items, dtype=torch.long, device=u.device)  # columns the sums count per row
+    gt = torch.zeros(b, dtype=torch.long, device=u.device)  # items scored > the target (exact-path blocks)
+    eq = torch.zeros_like(gt)  # items scored == the target (itself included; exact-path blocks)
+    nan = torch.zeros_like(gt)  # items scored NaN (after masking; exact-path blocks)
     bad = torch.zeros(b, dtype=torch.bool, device=u.device)
-    mismatch = torch.zeros_like(bad)
     buf = u.new_empty(b, block)
     # every score is finite when the user rows are and no product can overflow: then no block needs a check
     all_finite = (items_norm is not None and bool(torch.isfinite(u).all())
                   and (float(u.norm(dim=1).max()) if b else 0.0) * items_norm < _SAFE_PRODUCT)
-    for a in range(1, num_items + 1, block):
+    for n_blk, a in enumerate(range(1, num_items + 1, block)):
         e = min(a + block, num_items + 1)  # the block holds item ids a .. e-1
         # into one reused buffer: the block stays in cache across the passes below (measured ~1.5x on the mm)
         s = torch.mm(u, items[a:e].T, out=buf) if e - a == block else u @ items[a:e].T  # [B, C]
@@ -99,32 +107,36 @@ def rank_blocked(u: Tensor, items: Tensor, targets: Tensor, seen: tuple[Tensor, 
         any_odd = odd is not None and bool(odd.any())
         if any_odd:
             bad[odd] |= ~torch.isfinite(s[odd]).all(dim=1)
-        here = (targets >= a) & (targets < e)  # [B] rows whose target lies in this block
-        if bool(here.any()):
-            got = s[rows[here], targets[here] - a]
-            want = t_raw[here]
-            same = (got == want) | (torch.isnan(got) & torch.isnan(want))
-            mismatch[rows[here][~same]] = True
+        lo_t, hi_t = bounds[n_blk], bounds[n_blk + 1]
+        if hi_t > lo_t:
+            here = by_block[lo_t:hi_t]
+            t_blk[here] = s[here, targets[here] - a]
         if seen is not None:
             lo, hi = torch.searchsorted(s_cols, torch.tensor([a, e], device=u.device)).tolist()
             if hi > lo:
                 s[s_rows[lo:hi], s_cols[lo:hi] - a] = -torch.inf
         if any_odd:
             so, ro = s[odd], ref[odd]  # [b', C], [b', 1]
-            odd_gt, odd_eq, odd_nan = (so > ro).sum(1), (so == ro).sum(1), torch.isnan(so).sum(1)
+            gt[odd] += (so > ro).sum(1)
+            eq[odd] += (so == ro).sum(1)
+            nan[odd] += torch.isnan(so).sum(1)
+            cols[odd] -= e - a
         # the common case without a bool tensor per comparison: for finite s and t, fl(s - t) has the sign of
         # s - t and is 0 only when s == t, so sum(sign) = #greater - #less and sum(|sign|) = #greater + #less
         # (sums of +-1 over a block are exact in float32)
         sg = s.sub_(ref).sign_()  # [B, C], in place
         diff = sg.sum(dim=1)  # [B] #gt - #lt
         both = sg.abs_().sum(dim=1)  # [B] #gt + #lt
-        blk_gt = ((diff + both) / 2).nan_to_num().round().long()  # [B]
-        blk_eq = (e - a) - both.nan_to_num().round().long()
         if any_odd:
-            blk_gt[odd], blk_eq[odd] = odd_gt, odd_eq
-            nan[odd] += odd_nan
-        gt += blk_gt
-        eq += blk_eq
+            diff[odd], both[odd] = 0.0, 0.0
+        f_sign += diff
+        f_abs += both
+    # rows with a non-finite target score carry NaN sums here; they get the worst rank below whatever they hold
+    f_sign, f_abs = f_sign.nan_to_num(), f_abs.nan_to_num()
+    gt += ((f_sign + f_abs) / 2).round().long()
+    eq += cols - f_abs.round().long()
+    same = (t_blk == t_raw) | (torch.isnan(t_blk) & torch.isnan(t_raw))
+    mismatch = ~same
     finite = torch.isfinite(t_eff)
     others_tied = eq - 1 + nan
     ranks = torch.where(finite, 1 + gt + others_tied, torch.full_like(gt, num_items))
