@@ -223,6 +223,8 @@ def write_report(opts: ReproduceOptions, plan: list[Any], outcomes: list[StudyOu
     if opts.eval_users is not None:
         budget += (f", validation and test on a seeded sample of {opts.eval_users} test users per study "
                    "(eval.max_users: estimates with larger standard errors, not the full evaluation)")
+    if opts.overrides:
+        budget += f"; overrides for every run: `{' '.join(opts.overrides)}`"
     lines = [f"# Reproduction of Wang et al., WWW'25 (T2Diff) on {opts.dataset}", "",
              f"- status: {'finished' if finished else 'in progress'}; this invocation's wall time "
              f"{minutes:.1f} min; budget: {budget}",
@@ -230,7 +232,8 @@ def write_report(opts: ReproduceOptions, plan: list[Any], outcomes: list[StudyOu
              "", "## What differs from the paper", "", *_differences(opts, _data_line(opts, plan))]
     unfinished: list[str] = []
     data: dict[str, Any] = {"dataset": opts.dataset, "finished": finished, "wall_minutes": round(minutes, 2),
-                            "budget_minutes": opts.budget_minutes, "epochs_cap": opts.epochs, "studies": {}}
+                            "budget_minutes": opts.budget_minutes, "epochs_cap": opts.epochs,
+                            "eval_users": opts.eval_users, "overrides": list(opts.overrides), "studies": {}}
     for so in outcomes:
         st = so.study
         title = {"table2": "Table 2", "table3": "Table 3 (beta schedule)", "table4": "Table 4 (diffusion steps T)"}
