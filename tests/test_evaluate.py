@@ -134,3 +134,17 @@ def test_evaluation_in_item_blocks_is_identical(synthetic_prepared, masked):
         part = rank_examples(model, ds, ex, L, batch_size=16, mask_seen=masked, item_block=block)
         np.testing.assert_array_equal(part.ranks, whole.ranks)
         np.testing.assert_array_equal(part.tied, whole.tied)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("conftest").TINY_MODEL))
+def test_tower_sub_batches_rank_exactly_as_one_call(synthetic_prepared, name):
+    """rank_examples runs the user tower on sub-batches of a chunk (``tower_batch``): every registered model gives
+    the same ranks as with one call per chunk (a row's vector does not depend on the rows beside it)."""
+    torch.manual_seed(0)
+    parts = assemble(tiny_config(synthetic_prepared, name))
+    model, ds = parts.model.eval(), parts.ds
+    ex = leave_one_out(ds).test
+    one = rank_examples(model, ds, ex, 12, batch_size=32, tower_batch=None)
+    sub = rank_examples(model, ds, ex, 12, batch_size=32, tower_batch=5)
+    np.testing.assert_array_equal(one.ranks, sub.ranks)
+    np.testing.assert_array_equal(one.tied, sub.tied)

@@ -23,6 +23,12 @@ from t2diff.models.base import SeqRecModel
 from t2diff.ranking import DEFAULT_ITEM_BLOCK, item_norm_max, rank_blocked, rank_full
 
 
+# examples per user-tower call within a ranking chunk: a 128 x 50 window's FFN activations (6.6 MB) stay in
+# cache where 512 x 50 (26 MB) does not; 1-thread process time at 1 M items, SASRec L = 50: 0.200 s vs 0.220 s
+# per 2,048 users, with bit-identical vectors (benchmarks/results/scale_*.md for the 2-thread end to end)
+DEFAULT_TOWER_BATCH = 128
+
+
 @dataclass
 class Ranking:
     """Per-example results of a full ranking ([E] each)."""
@@ -53,12 +59,15 @@ class Ranking:
 def rank_examples(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_len: int, batch_size: int = 512,
                   mask_seen: bool = False, progress: bool = False, device: str = "cpu",
                   user_fn: Callable[[Batch], torch.Tensor] | None = None,
-                  item_block: int | None = DEFAULT_ITEM_BLOCK) -> Ranking:
+                  item_block: int | None = DEFAULT_ITEM_BLOCK,
+                  tower_batch: int | None = DEFAULT_TOWER_BATCH) -> Ranking:
     """Rank of each example's target among all items (1 = best). ``user_fn`` replaces
     ``model.user_embeddings`` (batch -> [B, D]), e.g. to rank with a modified user tower (diagnostics).
     ``item_block``: score at most that many items at a time (memory O(batch_size * item_block), identical
-    results; ``t2diff.ranking``); None = the whole catalogue per user chunk. Warns when the model produced NaN
-    or infinite scores."""
+    results; ``t2diff.ranking``); None = the whole catalogue per user chunk. ``tower_batch``: the user tower runs
+    on at most that many examples at a time within a chunk (its activations stay in cache; a row's vector does
+    not depend on its batch, tested per model); None = the whole chunk. Warns when the model produced NaN or
+    infinite scores."""
     user_fn = user_fn or model.user_embeddings
     was_training = model.training
     model.eval()
@@ -78,15 +87,22 @@ def rank_examples(model: SeqRecModel, ds: PreparedDataset, ex: Examples, max_len
     for s in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
         sel = order[s: s + batch_size]
         u, j = ex.users[sel], ex.positions[sel]
-        # one padding column to spare: a model may shift its window (BERT4Rec appends its [MASK] slot)
-        width = min(max_len, int(window[sel].max()) + 1) if crop else max_len
-        batch = make_batch(ds, u, j, width).to(device)
         seen = _seen_pairs(ds, u, j, device) if mask_seen else None
-        user_vecs = user_fn(batch)  # [B, D]
+        step = tower_batch or len(sel)
+        vecs, targets = [], []
+        for t in range(0, len(sel), step):
+            part = sel[t: t + step]
+            # one padding column to spare: a model may shift its window (BERT4Rec appends its [MASK] slot)
+            width = min(max_len, int(window[part].max()) + 1) if crop else max_len
+            batch = make_batch(ds, ex.users[part], ex.positions[part], width).to(device)
+            vecs.append(user_fn(batch))  # [b, D]
+            targets.append(batch.target)
+        user_vecs = vecs[0] if len(vecs) == 1 else torch.cat(vecs)  # [B, D]
+        target = targets[0] if len(targets) == 1 else torch.cat(targets)  # [B]
         if blocked:
-            res = rank_blocked(user_vecs, items, batch.target, seen, item_block, items_norm)
+            res = rank_blocked(user_vecs, items, target, seen, item_block, items_norm)
         else:
-            res = rank_full(user_vecs, items, batch.target, seen)
+            res = rank_full(user_vecs, items, target, seen)
         ranks[sel] = res.ranks.cpu().numpy()
         tied[sel] = res.tied.cpu().numpy()
         nonfinite[sel] = res.nonfinite.cpu().numpy()
