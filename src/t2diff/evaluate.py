@@ -22,7 +22,6 @@ from t2diff.metrics import metrics_from_ranks
 from t2diff.models.base import SeqRecModel
 from t2diff.ranking import DEFAULT_ITEM_BLOCK, item_norm_max, rank_blocked, rank_full
 
-
 # examples per user-tower call within a ranking chunk: a 128 x 50 window's FFN activations (6.6 MB) stay in
 # cache where 512 x 50 (26 MB) does not; 1-thread process time at 1 M items, SASRec L = 50: 0.200 s vs 0.220 s
 # per 2,048 users, with bit-identical vectors (benchmarks/results/scale_*.md for the 2-thread end to end)
