@@ -160,7 +160,7 @@ def test_eval_users_is_a_labelled_sample_in_every_run(tmp_path: Path, synthetic_
     out = tmp_path / "out"
     opts = ReproduceOptions(dataset="ml-1m", out=out, config_root=root, protocols=["loo"], scales=["ours"],
                             tables=["table2"], with_ours=False, progress=False, infer_repeats=1,
-                            only=["table2-loo-ours/sasrec"], eval_users=9)
+                            only=["table2-loo-ours/sasrec"], eval_users=9, overrides=["eval.batch_size=64"])
     reproduce(opts, log=lambda s: None)
     metrics = json.loads((out / "table2-loo-ours" / "runs" / "sasrec" / "metrics.json").read_text())
     assert metrics["num_test_examples"] == 9 and metrics["eval_users"]["sampled"] == 9
@@ -168,6 +168,8 @@ def test_eval_users_is_a_labelled_sample_in_every_run(tmp_path: Path, synthetic_
     assert "max_users: 9" in (out / "table2-loo-ours" / "configs" / "sasrec.yaml").read_text()
     report = (out / "REPORT.md").read_text()
     assert "seeded sample of 9 test users" in report and "test, 9 examples" in report
+    assert "overrides for every run: `eval.batch_size=64`" in report
+    assert json.loads((out / "reproduce.json").read_text())["eval_users"] == 9
     with pytest.raises(ConfigError, match="--eval-users"):
         reproduce(ReproduceOptions(dataset="ml-1m", out=tmp_path / "o2", config_root=root, eval_users=0),
                   log=lambda s: None)
