@@ -289,3 +289,13 @@ def test_lr_plateau_cuts_the_learning_rate_and_resume_keeps_it(synthetic_prepare
     Trainer(_cfg(synthetic_prepared, "train.epochs=8", *opts), tmp_path / "b", progress=False,
             log=lambda s: None).fit(resume=True)
     assert seen_lr["b"] == seen_lr["a"]
+
+
+def test_eta_counts_the_budget_when_it_ends_the_run_first() -> None:
+    from t2diff.train import eta_text
+
+    # 2 epochs in 60 s, 8 left: 240 s by epochs; a 3-minute budget ends it after 120 s more + the crossing epoch
+    assert eta_text(60.0, 2, 8, 3.0) == "ETA 2.5 min at most (train.max_minutes)"
+    assert eta_text(60.0, 2, 8, None) == "ETA 4.0 min at most (train.epochs)"
+    assert eta_text(60.0, 2, 1, 3.0) == "ETA 0.5 min at most (train.epochs)"  # the epochs end it first
+    assert eta_text(200.0, 2, 8, 3.0) == "ETA 1.7 min at most (train.max_minutes)"  # budget spent: one epoch

@@ -238,10 +238,10 @@ class Trainer:
             st.history.append(row)
             self._commit_epoch(improved)
             spent = time.perf_counter() - started
-            eta = spent / (epoch - first_epoch) * (cfg.train.epochs - epoch)  # if it runs to train.epochs
-            self.log(f"epoch {epoch}/{cfg.train.epochs} " + _summary(row, cfg.train.select_metric)
-                     + f" | {spent / 60:.1f} min so far, ETA {eta / 60:.1f} min at most")
             budget = cfg.train.max_minutes
+            self.log(f"epoch {epoch}/{cfg.train.epochs} " + _summary(row, cfg.train.select_metric)
+                     + f" | {spent / 60:.1f} min so far, " + eta_text(spent, epoch - first_epoch,
+                                                                   cfg.train.epochs - epoch, budget))
             if self.dist.any(budget is not None and spent >= 60 * budget) and st.epoch < cfg.train.epochs:
                 self.stopped = f"train.max_minutes={budget} reached after epoch {epoch} ({spent / 60:.1f} min)"
                 self.log(f"stopping: {self.stopped}; --resume continues the run")
@@ -329,6 +329,19 @@ def authors_loop_definition(num_rows: int, batch: int) -> str:
 
 def _max_over_epochs(history: list[dict[str, Any]], key: str) -> dict[str, float]:
     return {k: max(h[key][k] for h in history) for k in history[-1][key] if is_metric(k)}
+
+
+def eta_text(spent: float, done: int, left: int, budget_minutes: float | None) -> str:
+    """The progress line's ETA: the remaining epochs at this invocation's mean epoch time, or, when
+    ``train.max_minutes`` ends the run first, the rest of the budget plus the one epoch that crosses it (early
+    stopping can end it sooner either way)."""
+    per_epoch = spent / max(done, 1)
+    eta, why = per_epoch * left, "train.epochs"
+    if budget_minutes is not None and left > 0:
+        to_budget = max(0.0, 60 * budget_minutes - spent) + per_epoch
+        if to_budget < eta:
+            eta, why = to_budget, "train.max_minutes"
+    return f"ETA {eta / 60:.1f} min at most ({why})"
 
 
 def _summary(row: dict[str, Any], select: str) -> str:
