@@ -5,7 +5,7 @@ lengths of our configs, and, in the same run:
 - ``before``: the former path (every position of every block at the full window width), to show the gain of
   ranking only the last position and batching by history length;
 - the bare score matrix product for the same users;
-- the FLOP floor of the user tower as it now runs (``FlopCounterMode`` over the whole evaluation, at the rate
+- the FLOP floor of the user tower as it now runs (``t2diff.flops.FlopCounter`` over the whole evaluation, at the rate
   of a same-run [512, 64] x [64, 3706] matmul). Target: <= 2 s on a 2-core machine.
 
     .venv/bin/python benchmarks/bench_eval.py [--data cache/ml-1m] [--repeats 3]
@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from t2diff.config import load_config
 from t2diff.data.prepared import PreparedDataset
 from t2diff.data.protocols import leave_one_out
 from t2diff.evaluate import rank_examples
+from t2diff.flops import FlopCounter
 from t2diff.provenance import provenance, write_json, write_markdown
 from t2diff.run import build_model, data_info
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         model = build_model(cfg, data_info(ds, cfg)).eval()
         full = timed(lambda m=model, L=max_len: rank_examples(m, ds, ex, L, batch_size=512).ranks, args.repeats)
-        with FlopCounterMode(display=False) as fc, torch.no_grad():
+        with FlopCounter() as fc, torch.no_grad():
             rank_examples(model, ds, ex, max_len, batch_size=512)
         flops = fc.get_total_flops()
         before = _former(model, ds, ex, max_len, args.repeats)

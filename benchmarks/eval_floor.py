@@ -1,5 +1,5 @@
 """The FLOP floor of one full-ranking validation pass of bench_scale.py's SASRec (d 64, L 50): the user tower as it
-runs in evaluation (counted by ``torch.utils.flop_counter.FlopCounterMode`` over every validation user) plus the
+runs in evaluation (counted by ``t2diff.flops.FlopCounter`` over every validation user) plus the
 score matmuls (users x items x D x 2). FLOPs do not depend on load or weights; a rate does, so the floor is taken
 at the blocked-matmul rate that benchmarks/results/scale.json measured in the same run as its eval seconds (this
 run's own rate is reported beside it).
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -29,6 +28,7 @@ from bench_scale import add_log_args, matmul_rate, prepared  # noqa: E402
 from t2diff.config import load_config  # noqa: E402
 from t2diff.data.batching import make_batch  # noqa: E402
 from t2diff.data.prepared import PreparedDataset  # noqa: E402
+from t2diff.flops import FlopCounter  # noqa: E402
 from t2diff.provenance import provenance, write_json, write_markdown  # noqa: E402
 from t2diff.run import build_model, build_split, data_info  # noqa: E402
 
@@ -51,7 +51,7 @@ def main() -> None:
     # the evaluator's batches: sorted by history length, each as wide as its longest window + 1
     window = np.minimum(ex.positions, cfg.data.max_len)
     order = np.argsort(window, kind="stable")
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounter()
     with torch.no_grad(), counter:
         for s in range(0, len(order), cfg.eval.batch_size):
             sel = order[s: s + cfg.eval.batch_size]

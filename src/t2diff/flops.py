@@ -16,25 +16,24 @@ from torch.utils import flop_counter
 
 _aten = torch.ops.aten
 # in-place op -> its out-of-place twin, whose formula (FLOPs from the input shapes) applies unchanged
-_IN_PLACE = {_aten.addmm_: _aten.addmm, _aten.baddbmm_: _aten.baddbmm, _aten.addbmm_: _aten.addbmm}
+_IN_PLACE = {_aten.addmm_: _aten.addmm, _aten.baddbmm_: _aten.baddbmm}
 
 
 def _mapping() -> dict[Any, Any]:
-    registry = flop_counter.flop_registry
     out = {}
     for op, twin in _IN_PLACE.items():
-        formula = registry.get(twin) or registry.get(getattr(twin, "default", twin))
-        if formula is not None:  # already shape-wrapped in the registry: passed on raw, not wrapped again
-            def raw(*args: Any, _f: Any = formula, **kwargs: Any) -> int:
-                return _f(*args, **kwargs)
+        formula = flop_counter.flop_registry[twin]  # already shape-wrapped there: passed on raw, not wrapped again
 
-            raw._get_raw = True  # type: ignore[attr-defined]
-            out[op] = raw
+        def raw(*args: Any, _f: Any = formula, **kwargs: Any) -> int:
+            return _f(*args, **kwargs)
+
+        raw._get_raw = True  # type: ignore[attr-defined]
+        out[op] = raw
     return out
 
 
 class FlopCounter(flop_counter.FlopCounterMode):
-    """``FlopCounterMode`` (no table printed) that also counts ``addmm_``, ``baddbmm_`` and ``addbmm_``."""
+    """``FlopCounterMode`` (no table printed) that also counts ``addmm_`` and ``baddbmm_``."""
 
     def __init__(self) -> None:
         super().__init__(display=False, custom_mapping=_mapping())
