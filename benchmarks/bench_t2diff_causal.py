@@ -32,6 +32,7 @@ from t2diff.batch import Batch
 from t2diff.config import load_config, model_config
 from t2diff.evaluate import rank_examples
 from t2diff.models.base import DataInfo, SeqRecModel
+from t2diff.paired import paired, per_example
 from t2diff.provenance import markdown_table, provenance, write_json, write_markdown
 from t2diff.registry import get_model_class
 from t2diff.run import build_from_checkpoint, build_split
@@ -43,19 +44,6 @@ CHAINS: list[tuple[str, int | None]] = [("ddim", 1), ("ddim", 2), ("ddim", 5), (
 
 def chain_name(name: str, steps: int | None, t_max: int) -> str:
     return f"{name} {steps or t_max}"
-
-
-def per_example(ranks: np.ndarray) -> dict[str, np.ndarray]:
-    """NDCG@10 and Recall@20 of every example (one relevant item)."""
-    ranks = ranks.astype(np.float64)
-    return {"ndcg@10": np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0), "recall@20": (ranks <= 20) * 1.0}
-
-
-def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Mean of a - b, its standard error and z (a, b: per-example metrics on the same examples)."""
-    d = a - b
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return {"diff": float(d.mean()), "se": se, "z": float(d.mean() / se) if se > 0 else float("nan")}
 
 
 def quality(sasrec: Path, variant: Path, batch_size: int) -> list[dict[str, Any]]:
