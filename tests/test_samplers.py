@@ -190,6 +190,13 @@ def test_ddim_timesteps_and_an_oracle_lands_on_z0(n: int) -> None:
     seen: list[int] = []
     out = d.sample(lambda z, t: seen.append(int(t[0])) or z0, (3, 4), generator=torch.Generator().manual_seed(1))
     assert seen == d.timesteps and torch.allclose(out, z0, atol=1e-6)
+    # the chain's state after each step: one per visited t, the last is the output, and with an oracle it only
+    # moves towards z0 (cosine non-decreasing: sqrt(alpha_bar) of the state's z0 share grows every step)
+    states: list[tuple[int, Tensor]] = []
+    out2 = d.sample(lambda z, t: z0, (3, 4), generator=torch.Generator().manual_seed(1), states=states)
+    assert [t for t, _ in states] == d.timesteps and torch.equal(states[-1][1], out2)
+    cos = [float(torch.nn.functional.cosine_similarity(z.flatten(), z0.flatten(), dim=0)) for _, z in states]
+    assert all(b >= a - 1e-6 for a, b in zip(cos, cos[1:], strict=False)) and cos[-1] > 0.999
     with pytest.raises(ValueError, match="1..T = 10"):
         d.set_timesteps(11)
 

@@ -306,6 +306,9 @@ def test_diffusion_cosine_trace_and_write(tmp_path) -> None:
     assert model.training  # mode restored
     assert [r["t"] for r in rows] == [4, 3, 2, 1] and [r["iteration"] for r in rows] == [1, 2, 3, 4]
     assert all(r["n"] == 2 * B and -1.0 <= r["cos_last_mean"] <= 1.0 for r in rows)
+    # the chain's state after the last step (t = 1, noiseless) is that step's z0_hat, the chain's output
+    assert rows[-1]["state_cos_last_mean"] == pytest.approx(rows[-1]["cos_last_mean"], abs=1e-6)
+    assert rows[0]["state_cos_last_mean"] != pytest.approx(rows[0]["cos_last_mean"], abs=1e-6)
     assert rows == diffusion_cosine_trace(model, [make_batch(seed=0), make_batch(seed=1)])  # seeded
     paths = write_trace(rows, tmp_path / "trace")
     assert paths["csv"].read_text().splitlines()[0].startswith("t,iteration,n,cos_last_mean")

@@ -3,7 +3,10 @@
 ``diffusion_cosine_trace`` runs the inference reverse chain (Alg. 2) on batches whose next item is known and
 records, at every reverse step t = T..1, the cosine similarity between the approximator's z0_hat and the true
 z0 (the drift, or X_{2:n+1} without drift preparation). It also records the *one-step* prediction from the
-noised true z0 at the same t (what training sees, Alg. 1), so the train / inference mismatch is measurable.
+noised true z0 at the same t (what training sees, Alg. 1), so the train / inference mismatch is measurable, and
+the chain's *state* after each step (z_{t-1}, from noise to the returned z_0; the other reading of the paper's
+"reversing z_r back to z_0"): its cosine rises along any chain whose output carries the target, where z0_hat's
+need not (a sampler's first x0-prediction is the conditional mean, the closest single guess).
 ``write_trace`` writes the rows as CSV and a PNG plot.
 
 ``xhat_source_metrics`` ranks a split with x_hat_{n+1} taken from other sources than the reverse chain (none,
@@ -48,7 +51,8 @@ def diffusion_steps(model: DiffusionModel) -> int:
     return model.schedule.steps
 
 TRACE_COLUMNS = ("t", "iteration", "n", "cos_last_mean", "cos_last_p10", "cos_last_p50", "cos_last_p90",
-                 "cos_seq_mean", "onestep_cos_last_mean", "onestep_cos_seq_mean")
+                 "cos_seq_mean", "onestep_cos_last_mean", "onestep_cos_seq_mean", "state_cos_last_mean")
+KEYS = ("last", "seq", "one_last", "one_seq", "state_last")
 
 
 def _cos_seq(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
@@ -63,11 +67,14 @@ def _faithful_trace(model: T2Diff, batch: Batch, gen: torch.Generator | None, ti
     xd = model.item_inputs(batch.seq)  # X_{1:n} [B, L, D]
     z0 = model.diffusion_target(xd, model.item_inputs(batch.target))  # true z0 (eq. 10–11)
     mask = model.kl_mask(batch)  # [B, L]
-    out: dict[str, dict[int, Tensor]] = {k: {} for k in ("last", "seq", "one_last", "one_seq")}
-    _, trace = model.sample_xhat(xd, batch.seq, trace=True)  # Alg. 2, exactly as evaluated
+    out: dict[str, dict[int, Tensor]] = {k: {} for k in KEYS}
+    states: list[tuple[int, Tensor]] = []
+    _, trace = model.sample_xhat(xd, batch.seq, trace=True, states=states)  # Alg. 2, exactly as evaluated
     for t, z0_hat in trace:
         out["last"][t] = F.cosine_similarity(z0_hat[:, -1], z0[:, -1], dim=-1)
         out["seq"][t] = _cos_seq(z0_hat, z0, mask)
+    for t, z in states:
+        out["state_last"][t] = F.cosine_similarity(z[:, -1], z0[:, -1], dim=-1)
     for t in reversed(timesteps):  # one-step prediction from the noised true z0 (Alg. 1), t ascending
         noise = torch.randn(xd.shape, generator=gen, device=xd.device, dtype=xd.dtype)
         tt = torch.full((xd.shape[0],), t, dtype=torch.long, device=xd.device)
@@ -83,10 +90,13 @@ def _causal_trace(model: T2DiffCausal, batch: Batch, gen: torch.Generator | None
     x, c = model.backbone(batch.seq, last_only=True)
     x_prev, c = x[:, -1], c[:, 0]  # [B, D]
     z0 = model.diffusion_x0(x_prev, model.item_inputs(batch.target))  # [B, D]
-    out: dict[str, dict[int, Tensor]] = {k: {} for k in ("last", "seq", "one_last", "one_seq")}
-    _, trace = model.sample_xhat(c, x_prev, model.eval_keys(batch.seq)[:, -1], trace=True)  # as evaluated
+    out: dict[str, dict[int, Tensor]] = {k: {} for k in KEYS}
+    states: list[tuple[int, Tensor]] = []
+    _, trace = model.sample_xhat(c, x_prev, model.eval_keys(batch.seq)[:, -1], trace=True, states=states)
     for t, z0_hat in trace:
         out["last"][t] = out["seq"][t] = F.cosine_similarity(z0_hat, z0, dim=-1)
+    for t, z in states:
+        out["state_last"][t] = F.cosine_similarity(z, z0, dim=-1)
     for t in reversed(timesteps):
         noise = torch.randn(z0.shape, generator=gen, device=z0.device, dtype=z0.dtype)
         tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
@@ -109,8 +119,7 @@ def diffusion_cosine_trace(model: DiffusionModel, batches: Iterable[Batch]) -> l
     model.eval()
     device = next(model.parameters()).device
     timesteps = list(model.sampler.timesteps)  # chain order, largest t first
-    acc: dict[str, dict[int, list[Tensor]]] = {k: {t: [] for t in timesteps}
-                                               for k in ("last", "seq", "one_last", "one_seq")}
+    acc: dict[str, dict[int, list[Tensor]]] = {k: {t: [] for t in timesteps} for k in KEYS}
     seed = model.cfg.diffusion.eval_seed if isinstance(model, T2Diff) else model.cfg.eval_seed
     try:
         for batch in batches:
@@ -146,6 +155,7 @@ def diffusion_cosine_trace(model: DiffusionModel, batches: Iterable[Batch]) -> l
             "cos_seq_mean": float(torch.cat(acc["seq"][t]).mean()),
             "onestep_cos_last_mean": float(torch.cat(acc["one_last"][t]).mean()),
             "onestep_cos_seq_mean": float(torch.cat(acc["one_seq"][t]).mean()),
+            "state_cos_last_mean": float(torch.cat(acc["state_last"][t]).mean()),
         })
     return rows
 
@@ -178,8 +188,9 @@ def write_trace(rows: list[dict[str, float]], out_dir: str | Path) -> dict[str, 
     ax.plot(it, [r["cos_seq_mean"] for r in rows], label="reverse chain, whole sequence, mean")
     ax.plot(it, [r["onestep_cos_last_mean"] for r in rows], "--",
             label="one step from q(z_t|z0), last position")
+    ax.plot(it, [r["state_cos_last_mean"] for r in rows], ":", label="chain state after the step, last position")
     ax.set_xlabel("reverse iteration (t = T .. 1)")
-    ax.set_ylabel("cosine(z0_hat, z0)")
+    ax.set_ylabel("cosine to the true z0")
     ax.set_ylim(-1.05, 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

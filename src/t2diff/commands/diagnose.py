@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{n} {args.split} examples, T = {steps}, {model.sampler.name} over {model.reverse_steps} steps: "
           f"cosine(z0_hat, z0) at the last position, mean {first['cos_last_mean']:.4f} (t = T) -> "
           f"{last['cos_last_mean']:.4f} (t = 1); one step from "
-          f"q(z_1|z0): {last['onestep_cos_last_mean']:.4f}")
+          f"q(z_1|z0): {last['onestep_cos_last_mean']:.4f}; chain state: {first['state_cos_last_mean']:.4f} after "
+          f"the first step -> {last['state_cos_last_mean']:.4f} after the last")
     for p in paths.values():
         print(f"wrote {p}")
     if args.xhat_sources:

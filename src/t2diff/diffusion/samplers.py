@@ -84,10 +84,12 @@ class Sampler:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         trace: list[tuple[int, Tensor]] | None = None,
+        states: list[tuple[int, Tensor]] | None = None,
     ) -> Tensor:
         """The reverse process (Alg. 2): z_T ~ N(0, I); for t in ``timesteps``: z0_hat = f(z_t, t) (eq. 15–16),
         z = step(z0_hat, t, z_t, noise) (eq. 17). Returns z_0 [shape]. ``approximator`` gets z_t [shape] and t
-        as a long tensor [shape[0]]; ``trace``, if given, receives ``(t, z0_hat)`` at every visited step."""
+        as a long tensor [shape[0]]; ``trace``, if given, receives ``(t, z0_hat)`` at every visited step, and
+        ``states`` ``(t, z)``: the chain's state after step t (after the last step, the returned z_0)."""
         device = self.schedule.betas.device if device is None else device
 
         def draw(k: int) -> Tensor:
@@ -102,6 +104,8 @@ class Sampler:
             if trace is not None:
                 trace.append((t, z0_hat))
             z = self.step(z0_hat, t, z, draw(t) if self.needs_noise(t) else None)  # eq. 17
+            if states is not None:
+                states.append((t, z))
         return z
 
 

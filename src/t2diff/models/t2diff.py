@@ -436,14 +436,16 @@ class T2Diff(SideFeatures, SeqRecModel):
     @overload
     def sample_xhat(self, x: Tensor, seq: Tensor, trace: Literal[True]) -> tuple[Tensor, list[tuple[int, Tensor]]]: ...
 
-    def sample_xhat(self, x: Tensor, seq: Tensor, trace: bool = False
+    def sample_xhat(self, x: Tensor, seq: Tensor, trace: bool = False,
+                    states: list[tuple[int, Tensor]] | None = None
                     ) -> Tensor | tuple[Tensor, list[tuple[int, Tensor]]]:
         """Alg. 2, what inference feeds the mixed-attention module: the sampler's reverse chain from z_T ~ N(0, I)
         conditioned on the behaviours x = ``item_inputs(seq)`` [B, L, D] (detached here, Fig. 2a) of the ids
         ``seq`` [B, L] (they key the eval-mode noise), then x_hat_{n+1} = Slice(z0 + X_{1:n}) (eq. 18) [B, D].
 
         With ``trace=True`` also returns the approximator's z0_hat [B, L, D] at every visited step, as
-        ``(t, z0_hat)`` pairs in chain order (t = T first)."""
+        ``(t, z0_hat)`` pairs in chain order (t = T first); ``states``, if given, receives the chain's state z
+        [B, L, D] after each step."""
         if not self.cfg.diffusion.enabled:
             raise ValueError("sample_xhat needs a T2Diff model with diffusion.enabled")
         xd = x.detach()
@@ -451,7 +453,7 @@ class T2Diff(SideFeatures, SeqRecModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.objective.detach_xhat):
             z0 = self.sampler.sample(lambda z, t: self.approximate(z, xd, t), tuple(xd.shape),
                                      noise_fn=self.chain_noise(seq, xd.dtype), device=xd.device, dtype=xd.dtype,
-                                     trace=steps)
+                                     trace=steps, states=states)
             x_hat = self.utilize(z0, xd)  # eq. 18
         return (x_hat, steps) if steps is not None else x_hat
 

@@ -278,14 +278,15 @@ class T2DiffCausal(SideFeatures, CausalEncoder, config=T2DiffCausalConfig):
                     trace: Literal[True]) -> tuple[Tensor, list[tuple[int, Tensor]]]: ...
 
     def sample_xhat(self, c: Tensor, x_prev: Tensor, keys: Tensor | None, sampler: Sampler | None = None,
-                    trace: bool = False) -> Tensor | tuple[Tensor, list[tuple[int, Tensor]]]:
+                    trace: bool = False, states: list[tuple[int, Tensor]] | None = None
+                    ) -> Tensor | tuple[Tensor, list[tuple[int, Tensor]]]:
         """x_hat [N, D] by the sampler's chain from z_T ~ N(0, I), conditioned on c [N, D] (x_prev [N, D]: x_j, for
         the drift). ``keys`` [N] key the noise (eval mode); None draws it from the global RNG. ``trace``: also the
-        (t, z0_hat) of every visited step."""
+        (t, z0_hat) of every visited step; ``states``, if given, receives the chain's state after each step."""
         steps: list[tuple[int, Tensor]] | None = [] if trace else None
         z0 = (sampler or self.sampler).sample(lambda z, t: self.denoiser(z, t, c), tuple(c.shape),
                                               noise_fn=self._noise_fn(keys), device=c.device, dtype=c.dtype,
-                                              trace=steps)
+                                              trace=steps, states=states)
         x_hat = self.utilize(z0, x_prev)
         return (x_hat, steps) if steps is not None else x_hat
 
