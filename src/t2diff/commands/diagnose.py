@@ -3,7 +3,8 @@
 For N evaluation examples of the run's protocol (test by default), the cosine similarity between the
 approximator's z0_hat and the true z0 at every reverse step t = T..1 of the inference chain (Alg. 2), next to
 the one-step prediction from the noised true z0 that training sees (Alg. 1), so the train / inference
-mismatch is visible. Writes ``diffusion_cosine_trace.csv`` and ``.png`` (diagnostics.write_trace).
+mismatch is visible, and the cosine of the chain's state after each step (from noise to the returned z0).
+Writes ``diffusion_cosine_trace.csv`` and ``.png`` (diagnostics.write_trace).
 
 With ``--xhat-sources``, also ranks the whole split with x_hat from each named source (chain, none, last-item,
 onestep@R: see diagnostics.xhat_source_metrics) and writes ``xhat_sources.csv`` / ``.md``.
