@@ -196,6 +196,7 @@ def _mask(md: str) -> str:
     """The report's clock and machine spans, which no fixture can hold."""
     md = re.sub(r"wall time (of this invocation|so far)(.*?): [\d.]+ min; written \d{4}-\d\d-\d\d \d\d:\d\d UTC",
                 r"wall time \1\2: <min> min; written <date>", md)
+    md = re.sub(r"; commit `[^`]+`$", "; commit `<commit>`", md, flags=re.M)
     return re.sub(r"- machine: .+, \d+ CPU\(s\), torch .+, \d+ torch thread\(s\), device",
                   "- machine: <machine>, <n> CPU(s), torch <version>, <n> torch thread(s), device", md)
 

@@ -18,6 +18,7 @@ import torch
 from t2diff.compare.paper import PaperRow
 from t2diff.compare.resolve import CompareOptions, split_overrides
 from t2diff.config import ExperimentConfig
+from t2diff.provenance import git_commit
 
 METRIC_ORDER = ("recall", "mrr", "ndcg")
 MAX_NOTE = ("max over epochs of the test metric: the authors' reporting, selected on the test set, optimistic; "
@@ -75,6 +76,7 @@ class Report:
     paper_dataset: str = ""  # whose Table 2 columns the paper rows are
     finished: bool = False
     missing: list[str] = field(default_factory=list)  # --no-train: runs without a finished run
+    commit: str = field(default_factory=git_commit)  # the code that trained this invocation's runs
 
     def columns(self) -> list[str]:
         extra = [c for p in (self.paper or {}).values() for c in p.metrics]
@@ -149,7 +151,7 @@ class Report:
             + f", max_len {d.max_len}, train.seed {cfg.train.seed}, eval.ks {cfg.eval.ks}, "
             f"mask_seen {cfg.eval.mask_seen}; {self.num_test} test examples, full ranking over all items",
             f"- machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch thread(s), device {self.opts.device}",
+            f"{torch.get_num_threads()} torch thread(s), device {self.opts.device}; commit `{self.commit}`",
         ]
         shared, per = split_overrides(self.opts.overrides)
         if shared:
