@@ -59,6 +59,30 @@ def test_loo_last_window_only_trains_each_users_most_recent_targets(ds):
     assert covered < int((split.train_limit - 1).sum())  # the fixture has histories longer than 8
 
 
+def test_loo_every_target_is_each_prefix_once(ds):
+    """noncausal_targets=every: every (user, target position) of the trainable history exactly once, in order,
+    none held out (DiffuRec's split_onebyone / RecBole's prefix augmentation)."""
+    split = leave_one_out(ds)
+    ex = split.train_examples(np.random.default_rng(0), False, 8, 5, every_target=True)
+    want = [(int(u), j) for u, lim in zip(split.train_users, split.train_limit, strict=True) for j in range(1, lim)]
+    assert list(zip(ex.users.tolist(), ex.positions.tolist(), strict=True)) == want
+    held = {int(ds.user_ptr[u - 1] + j) for e in (split.valid, split.test)
+            for u, j in zip(e.users, e.positions, strict=True)}
+    assert not _flat_indices(ds, ex.users, ex.positions, 8) & held
+    # the same call without it samples train_targets per user (capped by what a user has)
+    sampled = split.train_examples(np.random.default_rng(0), False, 8, 5)
+    assert len(sampled) == int(np.minimum(5, split.train_limit - 1).sum()) < len(ex)
+
+
+def test_loo_noncausal_targets_config_is_checked(synthetic_prepared):
+    from conftest import tiny_config
+
+    cfg = tiny_config(synthetic_prepared, "diffurec", "data.loo.noncausal_targets=every")
+    assert cfg.data.options.noncausal_targets == "every"
+    with pytest.raises((ValueError,), match="noncausal_targets"):
+        tiny_config(synthetic_prepared, "diffurec", "data.loo.noncausal_targets=all")
+
+
 def test_loo_causal_windows_config_is_checked(synthetic_prepared):
     from conftest import tiny_config
 
@@ -106,3 +130,27 @@ def test_session_mask_last_k_and_time_gap():
     times = torch.tensor([[0, 0, 100, 200, 5000, 5100], [0, 10, 20, 30, 40, 50]])
     m = session_mask(seq, times, k=10, gap_seconds=1000)
     assert m.tolist() == [[False, False, False, False, True, True], [True] * 6]
+
+
+def test_trainer_trains_every_prefix_of_a_non_causal_model(synthetic_prepared, tmp_path):
+    """data.loo.noncausal_targets=every reaches the trainer: one epoch of DiffuRec (non-causal) is the prefix set."""
+    from conftest import tiny_config
+
+    from t2diff.train import Trainer
+
+    seen = []
+    for mode in ("every", "sampled"):
+        tr = Trainer(tiny_config(synthetic_prepared, "diffurec", f"data.loo.noncausal_targets={mode}"),
+                     tmp_path / mode, progress=False, log=lambda s: None)
+        assert not tr.model.causal
+        orig = tr.split.train_examples
+
+        def spy(*a, _orig=orig, **k):
+            ex = _orig(*a, **k)
+            seen.append(len(ex))
+            return ex
+
+        tr.split.train_examples = spy
+        tr.fit()
+    split = leave_one_out(PreparedDataset.load(synthetic_prepared))
+    assert seen == [int((split.train_limit - 1).sum()), int(np.minimum(10, split.train_limit - 1).sum())]

@@ -145,7 +145,8 @@ class Trainer:
         torch.manual_seed(_epoch_seed(cfg.train.seed, epoch))  # dropout etc.: resume-proof
         opts = cfg.data.options
         ex = self.split.train_examples(rng, self.model.causal, cfg.data.max_len, opts.train_targets,
-                                       getattr(opts, "causal_windows", "all") == "last")
+                                       getattr(opts, "causal_windows", "all") == "last",
+                                       getattr(opts, "noncausal_targets", "sampled") == "every")
         order = rng.permutation(len(ex))[distributed.shard(len(ex), self.dist)]
         users, pos = ex.users[order], ex.positions[order]
         self.model.train()
