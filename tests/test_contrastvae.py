@@ -309,3 +309,33 @@ def test_defaults_and_paper_row() -> None:
     assert ContrastVAE.paper_row(cfg) == "ContrastVAE"
     assert ContrastVAE.paper_row(dataclasses.replace(cfg, variant="avae")) is None
     assert ContrastVAE.causal and ContrastVAE.padding_free
+
+
+def test_probe_reports_the_trained_loss_terms(synthetic_prepared, tmp_path) -> None:
+    """benchmarks/contrastvae_probe.py on a tiny trained run: the loss terms a training step reports, the KL
+    counter left as it was, InfoNCE's chance value log(2B - 1), and a clear refusal of another model's run."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from conftest import tiny_config
+
+    from t2diff.train import Trainer
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("contrastvae_probe", repo / "benchmarks" / "contrastvae_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    Trainer(tiny_config(synthetic_prepared, "contrastvae"), tmp_path / "run", progress=False, log=lambda s: None).fit()
+    ck = tmp_path / "run" / "last.pt"
+    steps = int(torch.load(ck, map_location="cpu", weights_only=False)["model_state"]["anneal_step"])
+    assert mod.main([str(ck), "--windows", "8", "--out", str(tmp_path / "out"), "--name", "p"]) == 0
+    row = json.loads((tmp_path / "out" / "p.json").read_text())["checkpoints"][str(ck)]
+    assert row["steps"] == steps > 0
+    assert row["windows"] == 8 and row["nce_chance"] == pytest.approx(math.log(15))
+    for k in ("rec", "kl", "nce", "kl_per_real_position"):
+        assert math.isfinite(row[k]) and row[k] >= 0
+    assert row["kl_weight"] == pytest.approx(min(0.3, steps / 10000))
+    Trainer(tiny_config(synthetic_prepared, "sasrec"), tmp_path / "sas", progress=False, log=lambda s: None).fit()
+    with pytest.raises(SystemExit, match="not contrastvae"):
+        mod.main([str(tmp_path / "sas" / "last.pt"), "--out", str(tmp_path / "out")])
