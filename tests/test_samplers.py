@@ -230,3 +230,32 @@ def test_ddim_eta1_over_all_steps_is_the_ddpm_posterior() -> None:
     assert torch.allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="eta"):
         DDIMSampler(s, eta=1.5)
+
+
+@pytest.mark.parametrize("name,n", [("ddpm", 20), ("ddim", 20), ("ddim", 2)])
+def test_exact_sampler_keeps_the_inner_product_and_its_cosine_falls(name: str, n: int) -> None:
+    """Why Figure 4's x0-prediction need not rise for a sampler from pure noise (RESULTS.md, issue 14): with data
+    x0 ~ N(mu, s^2 I) and the exact denoiser E[x0 | z_t] (closed form), the chain never sees the realised item x,
+    so E<z0_hat_t, x> = <E z0_hat_t, mu> = |mu|^2 at every step, while |z0_hat_t| grows from the mean's norm
+    towards a sample's; the cosine to x therefore falls along the chain."""
+    torch.manual_seed(0)
+    s = NoiseSchedule("linear", 20)
+    mu, sd, b, d = torch.full((8,), 0.5), 0.7, 20000, 8
+    ab = s.alpha_bar.float()
+
+    def exact(z: Tensor, t: Tensor) -> Tensor:  # E[x0 | z_t] for Gaussian x0 (posterior mean)
+        a = ab[t][:, None]
+        return mu + a.sqrt() * sd**2 / (a * sd**2 + 1 - a) * (z - a.sqrt() * mu)
+
+    trace: list[tuple[int, Tensor]] = []
+    make_sampler(name, s, steps=n).sample(exact, (b, d), generator=torch.Generator().manual_seed(2), trace=trace)
+    x = mu + sd * torch.randn(b, d, generator=torch.Generator().manual_seed(3))  # the realised next items
+    dot = [float((z * x).sum(-1).mean()) for _, z in trace]
+    norm = [float(z.norm(dim=-1).mean()) for _, z in trace]
+    cos = [float(torch.nn.functional.cosine_similarity(z, x, dim=-1).mean()) for _, z in trace]
+    se = float((trace[-1][1] * x).sum(-1).std()) / b**0.5
+    assert all(abs(v - float(mu @ mu)) < 4 * se for v in dot)  # the inner product stays at |mu|^2
+    if n == s.steps:  # a fine chain ends near a sample: the norm grows by about a third, the cosine falls
+        assert norm[-1] > norm[0] * 1.3 and cos[-1] < cos[0] - 0.1
+    else:  # one deterministic jump from T to 1 shrinks the spread (DDIM's known variance loss): barely moves
+        assert norm[-1] >= norm[0] - 1e-3 and cos[-1] <= cos[0] + 1e-3

@@ -309,6 +309,9 @@ def test_diffusion_cosine_trace_and_write(tmp_path) -> None:
     # the chain's state after the last step (t = 1, noiseless) is that step's z0_hat, the chain's output
     assert rows[-1]["state_cos_last_mean"] == pytest.approx(rows[-1]["cos_last_mean"], abs=1e-6)
     assert rows[0]["state_cos_last_mean"] != pytest.approx(rows[0]["cos_last_mean"], abs=1e-6)
+    # inner product and norms beside the cosine: the target's norm is the same at every step, the prediction's is not
+    assert len({round(r["z0_norm_mean"], 5) for r in rows}) == 1 and rows[0]["z0_norm_mean"] > 0
+    assert len({round(r["norm_last_mean"], 5) for r in rows}) > 1 and all(r["norm_last_mean"] > 0 for r in rows)
     assert rows == diffusion_cosine_trace(model, [make_batch(seed=0), make_batch(seed=1)])  # seeded
     paths = write_trace(rows, tmp_path / "trace")
     assert paths["csv"].read_text().splitlines()[0].startswith("t,iteration,n,cos_last_mean")

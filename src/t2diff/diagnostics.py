@@ -6,7 +6,10 @@ z0 (the drift, or X_{2:n+1} without drift preparation). It also records the *one
 noised true z0 at the same t (what training sees, Alg. 1), so the train / inference mismatch is measurable, and
 the chain's *state* after each step (z_{t-1}, from noise to the returned z_0; the other reading of the paper's
 "reversing z_r back to z_0"): its cosine rises along any chain whose output carries the target, where z0_hat's
-need not (a sampler's first x0-prediction is the conditional mean, the closest single guess).
+need not (a sampler's first x0-prediction is the conditional mean, the closest single guess). Beside the cosine it
+records the mean inner product <z0_hat, z0> and the norms ||z0_hat||, ||z0||: a sampler that never sees z0 draws
+z0_hat independently of z0 given the condition c, so for an exact sampler E<z0_hat, z0> = <E[z0_hat|c], E[z0|c]>
+is the same at every step, while ||z0_hat|| grows from the mean's norm to a sample's; its cosine then falls.
 ``write_trace`` writes the rows as CSV and a PNG plot.
 
 ``xhat_source_metrics`` ranks a split with x_hat_{n+1} taken from other sources than the reverse chain (none,
@@ -51,8 +54,17 @@ def diffusion_steps(model: DiffusionModel) -> int:
     return model.schedule.steps
 
 TRACE_COLUMNS = ("t", "iteration", "n", "cos_last_mean", "cos_last_p10", "cos_last_p50", "cos_last_p90",
-                 "cos_seq_mean", "onestep_cos_last_mean", "onestep_cos_seq_mean", "state_cos_last_mean")
-KEYS = ("last", "seq", "one_last", "one_seq", "state_last")
+                 "cos_seq_mean", "onestep_cos_last_mean", "onestep_cos_seq_mean", "state_cos_last_mean",
+                 "dot_last_mean", "norm_last_mean", "z0_norm_mean")
+KEYS = ("last", "seq", "one_last", "one_seq", "state_last", "dot_last", "norm_last", "z0_norm")
+
+
+def _dot_norms(out: dict[str, dict[int, Tensor]], t: int, z0_hat: Tensor, z0: Tensor) -> None:
+    """Record <z0_hat, z0>, ||z0_hat|| and ||z0|| at step t for vectors [B, D]: a cosine can fall along a chain
+    while the inner product the ranking reads stays put, if the prediction only grows in norm."""
+    out["dot_last"][t] = (z0_hat * z0).sum(-1)
+    out["norm_last"][t] = z0_hat.norm(dim=-1)
+    out["z0_norm"][t] = z0.norm(dim=-1)
 
 
 def _cos_seq(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
@@ -73,6 +85,7 @@ def _faithful_trace(model: T2Diff, batch: Batch, gen: torch.Generator | None, ti
     for t, z0_hat in trace:
         out["last"][t] = F.cosine_similarity(z0_hat[:, -1], z0[:, -1], dim=-1)
         out["seq"][t] = _cos_seq(z0_hat, z0, mask)
+        _dot_norms(out, t, z0_hat[:, -1], z0[:, -1])
     for t, z in states:
         out["state_last"][t] = F.cosine_similarity(z[:, -1], z0[:, -1], dim=-1)
     for t in reversed(timesteps):  # one-step prediction from the noised true z0 (Alg. 1), t ascending
@@ -95,6 +108,7 @@ def _causal_trace(model: T2DiffCausal, batch: Batch, gen: torch.Generator | None
     _, trace = model.sample_xhat(c, x_prev, model.eval_keys(batch.seq)[:, -1], trace=True, states=states)
     for t, z0_hat in trace:
         out["last"][t] = out["seq"][t] = F.cosine_similarity(z0_hat, z0, dim=-1)
+        _dot_norms(out, t, z0_hat, z0)
     for t, z in states:
         out["state_last"][t] = F.cosine_similarity(z, z0, dim=-1)
     for t in reversed(timesteps):
@@ -156,6 +170,9 @@ def diffusion_cosine_trace(model: DiffusionModel, batches: Iterable[Batch]) -> l
             "onestep_cos_last_mean": float(torch.cat(acc["one_last"][t]).mean()),
             "onestep_cos_seq_mean": float(torch.cat(acc["one_seq"][t]).mean()),
             "state_cos_last_mean": float(torch.cat(acc["state_last"][t]).mean()),
+            "dot_last_mean": float(torch.cat(acc["dot_last"][t]).mean()),
+            "norm_last_mean": float(torch.cat(acc["norm_last"][t]).mean()),
+            "z0_norm_mean": float(torch.cat(acc["z0_norm"][t]).mean()),
         })
     return rows
 

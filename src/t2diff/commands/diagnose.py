@@ -101,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
           f"cosine(z0_hat, z0) at the last position, mean {first['cos_last_mean']:.4f} (t = T) -> "
           f"{last['cos_last_mean']:.4f} (t = 1); one step from "
           f"q(z_1|z0): {last['onestep_cos_last_mean']:.4f}; chain state: {first['state_cos_last_mean']:.4f} after "
-          f"the first step -> {last['state_cos_last_mean']:.4f} after the last")
+          f"the first step -> {last['state_cos_last_mean']:.4f} after the last; <z0_hat, z0> "
+          f"{first['dot_last_mean']:.4f} -> {last['dot_last_mean']:.4f}, |z0_hat| {first['norm_last_mean']:.4f} -> "
+          f"{last['norm_last_mean']:.4f} (|z0| {last['z0_norm_mean']:.4f})")
     for p in paths.values():
         print(f"wrote {p}")
     if args.xhat_sources:
