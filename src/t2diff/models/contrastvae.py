@@ -56,7 +56,13 @@ training history, then keeps its last max_len); a negative avoids the row's wind
 official: all the user's items, and it may draw the [MASK] id); a padding query attends to itself only (the
 official's fully masked rows attend uniformly to every key) -- this touches only padding positions, which enter
 only the KL and InfoNCE sums; fixed-dice crops are right-aligned (the official writes the crop at the start of an
-all-zero list, leaving padding after the most recent item).
+all-zero list, leaving padding after the most recent item); each view re-embeds its input, so the two views draw
+separate embedding-dropout masks (the official embeds once and feeds both encoders the same dropped-out input).
+
+The KL weight depends on padding: the mean over all positions makes its pull per real position
+anneal_cap x (share of real positions), about 0.011-0.023 on the official Amazon files but 0.26 on ML-1M at
+max_len 50, where most windows are full. ``configs/ml-1m/contrastvae-kl-effective.yaml`` sets the cap that restores
+the official effective weight (a labelled recipe change; RESULTS.md, issue 15).
 """
 
 from __future__ import annotations
