@@ -37,7 +37,8 @@ def dump(run: Path, out: Path, batch_size: int) -> RunRanks:
     return r
 
 
-def render(a: list[RunRanks], b: list[RunRanks], res: dict[bool, dict[str, dict[str, float]]]) -> str:
+def render(a: list[RunRanks], b: list[RunRanks], res: dict[bool, dict[str, dict[str, float]]],
+           names: tuple[str | None, str | None] = (None, None)) -> str:
     rows = []
     for masked, per in res.items():
         for m, x in per.items():
@@ -45,7 +46,7 @@ def render(a: list[RunRanks], b: list[RunRanks], res: dict[bool, dict[str, dict[
                          f"{x['diff']:+.4f} ± {x['se']:.4f}", f"{x['z']:+.2f}", "yes" if x["z"] >= 2 else "no"])
     runs = [[r.model, r.seed, f"`{r.label}`"] for r in [*a, *b]]
     return "\n".join([
-        f"# {a[0].model} (A) against {b[0].model} (B): mean over {len(a)} seed pairs", "",
+        f"# {names[0] or a[0].model} (A) against {names[1] or b[0].model} (B): mean over {len(a)} seed pairs", "",
         f"{len(a[0].users)} test examples, the same in every run. Per example, the A - B difference is averaged "
         "over the seed pairs; SE = std over examples of that mean / sqrt(n); z = mean / SE. "
         "A wins by 2 SE when z >= 2.", "",
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--b", type=Path, nargs="+", required=True)
     m.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     m.add_argument("--name", default="seed_mean")
+    m.add_argument("--label-a", help="A's name in the report (default: its model name)")
+    m.add_argument("--label-b", help="B's name in the report (default: its model name)")
     args = p.parse_args(argv)
     if args.cmd == "dump":
         torch.set_num_threads(args.threads)
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     prov = provenance(argv, __file__)
     write_json(args.out / f"{args.name}.json", {"a": [r.label for r in a], "b": [r.label for r in b],
                                                  "masked": res[True], "unmasked": res[False]}, prov)
-    md = render(a, b, res)
+    md = render(a, b, res, (args.label_a, args.label_b))
     write_markdown(args.out / f"{args.name}.md", md, prov)
     print(md)
     return 0

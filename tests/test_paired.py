@@ -93,3 +93,7 @@ def test_dump_matches_the_evaluator_and_mean_reports(run, tmp_path):
                     str(tmp_path), "--name", "self"]) == 0
     md = (tmp_path / "self.md").read_text()
     assert "+0.0000 ± 0.0000" in md and "| no |" in md and "Command" in md
+    assert md.startswith("# sasrec (A) against sasrec (B)")
+    assert sp.main(["mean", "--a", str(tmp_path / "a.npz"), "--b", str(tmp_path / "a.npz"), "--out",
+                    str(tmp_path), "--name", "named", "--label-a", "with x", "--label-b", "without"]) == 0
+    assert (tmp_path / "named.md").read_text().startswith("# with x (A) against without (B)")
