@@ -61,7 +61,7 @@ KEYS = ("last", "seq", "one_last", "one_seq", "state_last", "dot_last", "norm_la
 
 def _dot_norms(out: dict[str, dict[int, Tensor]], t: int, z0_hat: Tensor, z0: Tensor) -> None:
     """Record <z0_hat, z0>, ||z0_hat|| and ||z0|| at step t for vectors [B, D]: a cosine can fall along a chain
-    while the inner product the ranking reads stays put, if the prediction only grows in norm."""
+    while the inner product stays put, if the prediction only grows in norm."""
     out["dot_last"][t] = (z0_hat * z0).sum(-1)
     out["norm_last"][t] = z0_hat.norm(dim=-1)
     out["z0_norm"][t] = z0.norm(dim=-1)
