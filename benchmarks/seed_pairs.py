@@ -18,21 +18,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from t2diff.evaluate import rank_examples
 from t2diff.paired import RunRanks, load_ranks, save_ranks, seed_mean
 from t2diff.provenance import markdown_table, provenance, write_json, write_markdown
-from t2diff.run import build_from_checkpoint, build_split
+from t2diff.run_ranks import run_test_ranks
 
 
 def dump(run: Path, out: Path, batch_size: int) -> RunRanks:
-    model, cfg, ds = build_from_checkpoint(run)
-    test = build_split(cfg, ds).test
-    ranks = {m: rank_examples(model, ds, test, cfg.data.max_len, batch_size, mask_seen=m).ranks for m in (True, False)}
-    r = RunRanks(np.asarray(test.users), np.asarray(test.positions), np.asarray(ranks[True], dtype=np.int32),
-                 np.asarray(ranks[False], dtype=np.int32), cfg.model["name"], int(cfg.train.seed), str(run))
+    r = run_test_ranks(run, batch_size=batch_size)
     save_ranks(out, r)
     return r
 

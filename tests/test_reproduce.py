@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from t2diff.cli import main
+from t2diff.compare.report import ModelResult
 from t2diff.config import ConfigError, load_config
+from t2diff.paired import RunRanks
 from t2diff.reproduce import ReproduceOptions, build_plan, reproduce
-from t2diff.reproduce.plan import TABLE2, write_run_config
-from t2diff.reproduce.report import compare_pair
+from t2diff.reproduce.plan import TABLE2, RunSpec, write_run_config
+from t2diff.reproduce.report import compare_pair, compare_rows
+from t2diff.reproduce.runner import RunOutcome
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,12 +69,43 @@ def test_run_configs_are_self_contained(tmp_path: Path) -> None:
 
 def test_orderings_use_binomial_standard_errors() -> None:
     # p = 0.5 and 0.4 on 400 examples: se 0.025 and 0.0245, z = 0.1 / 0.035 = 2.86
-    assert compare_pair(0.5, 0.4, 400, ">").startswith("holds (0.5000 vs 0.4000, z +2.9)")
+    assert compare_pair(0.5, 0.4, 400, ">") == "holds (0.5000 vs 0.4000, z +2.9, unpaired)"
     assert compare_pair(0.5, 0.45, 400, ">").startswith("does not hold")
     assert compare_pair(0.45, 0.5, 400, ">=").startswith("holds")  # not clearly worse
     assert compare_pair(0.5, 0.45, 400, "~").startswith("holds")
     assert compare_pair(None, 0.4, 400, ">") == "not measured"
 
+
+
+def _row(ranks: list[int] | None, recall: float, users: list[int] | None = None) -> RunOutcome:
+    """A finished run with recall@20 = ``recall`` and, optionally, its per-example test ranks."""
+    res = ModelResult(name="m", model="m", config="", test={"recall@20": recall}, reported="test", epochs_run=1,
+                      params=1, train_seconds=0.0, wall_seconds=None, infer_ms=0.0)
+    rr = None
+    if ranks is not None:
+        n = len(ranks)
+        u = np.arange(n) if users is None else np.asarray(users)
+        rr = RunRanks(u, np.zeros(n, int), np.asarray(ranks), np.asarray(ranks), "m", 0)
+    return RunOutcome(RunSpec("m", "m", Path("m.yaml")), Path(), res, "all 1 epochs", rr, False)
+
+
+def test_orderings_pair_runs_on_the_same_examples() -> None:
+    # 10 examples; A hits (rank <= 20) on 0-5, B on 0-3: d = [0,0,0,0,1,1,0,0,0,0], mean 0.2,
+    # std (ddof 1) = sqrt(10 * 0.2 * 0.8 / 9) = 0.4216, SE 0.1333, z = 1.5; unpaired it would be 0.6 / 0.4 -> 0.9
+    a = [1, 2, 3, 4, 5, 6, 50, 60, 70, 80]
+    b = [1, 2, 3, 4, 30, 40, 50, 60, 70, 80]
+    assert compare_rows(_row(a, 0.6), _row(b, 0.4), "recall@20", 10, ">") == \
+        "does not hold (0.6000 vs 0.4000, z +1.5, paired)"
+    assert compare_pair(0.6, 0.4, 10, ">").endswith("z +0.9, unpaired)")
+    # 40 copies of the pattern: paired SE shrinks as 1/sqrt(n); std = sqrt(400 * 0.16 / 399) = 0.4005,
+    # z = 0.2 / (0.4005 / 20) = 9.99
+    assert compare_rows(_row(a * 40, 0.6), _row(b * 40, 0.4), "recall@20", 400, ">").endswith("z +10.0, paired)")
+    # fallbacks, labelled: ranks missing, other examples, ranks that do not reproduce the reported value
+    assert compare_rows(_row(None, 0.6), _row(b, 0.4), "recall@20", 10, ">").endswith("unpaired)")
+    other = _row(b, 0.4, users=list(range(10, 20)))
+    assert compare_rows(_row(a, 0.6), other, "recall@20", 10, ">").endswith("unpaired)")
+    assert compare_rows(_row(a, 0.7), _row(b, 0.4), "recall@20", 10, ">").endswith("unpaired)")
+    assert compare_rows(_row(a, 0.6), None, "recall@20", 10, ">") == "not measured"
 
 TINY = {
     "sasrec.yaml": {"data": {"protocol": "loo", "max_len": 12},
@@ -146,6 +181,10 @@ def test_reproduce_end_to_end_interrupted_and_resumed(tmp_path: Path, synthetic_
     t2_metrics = json.loads((t2 / "t2diff" / "metrics.json").read_text())
     assert any(k.startswith("test_authors_double_count") for k in t2_metrics)  # the authors' count, labelled
     assert "Caser: no" in report  # rows without a config are listed, not silently dropped
+    assert "T2Diff > Mixed-attention: " in report and ", paired)" in report  # every run ranked: orderings paired
+    assert (t2 / "t2diff" / "test_ranks.npz").exists()
+    assert "Popularity floor on the same test examples" in report
+    assert data["studies"]["table2-paper-ours"]["popularity"]["unmasked"]["recall@20"] >= 0
 
 
 def test_reproduce_cli_rejects_an_unknown_only(tmp_path: Path, synthetic_prepared: Path, capsys) -> None:

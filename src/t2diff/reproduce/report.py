@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from t2diff.compare.paper import PAPER_METRICS, paper_table2
+from t2diff.paired import paired, per_example
 from t2diff.provenance import write_json, write_markdown
 from t2diff.reproduce.plan import TABLE2
 from t2diff.reproduce.runner import ReproduceOptions, RunOutcome, StudyOutcome
@@ -43,14 +46,45 @@ def _se(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
 
 
+def _verdict(a: float, b: float, z: float, rule: str, how: str) -> str:
+    ok = {">": z >= 2, ">=": z > -2, "~": abs(z) < 2}[rule]
+    return f"{'holds' if ok else 'does not hold'} ({a:.4f} vs {b:.4f}, z {z:+.1f}, {how})"
+
+
 def compare_pair(a: float | None, b: float | None, n: int | None, rule: str) -> str:
     """``a rule b`` (rule: '>' clear, '>=' not clearly worse, '~' within noise) judged with unpaired binomial
     standard errors on ``n`` test examples: z = (a - b) / sqrt(se_a^2 + se_b^2), 'clearly' = |z| >= 2."""
     if a is None or b is None or not n:
         return "not measured"
     z = (a - b) / math.sqrt(_se(a, n) ** 2 + _se(b, n) ** 2 or 1e-12)
-    ok = {">": z >= 2, ">=": z > -2, "~": abs(z) < 2}[rule]
-    return f"{'holds' if ok else 'does not hold'} ({a:.4f} vs {b:.4f}, z {z:+.1f})"
+    return _verdict(a, b, z, rule, "unpaired")
+
+
+def _hits(row: RunOutcome | None, metric: str) -> np.ndarray | None:
+    """The row's per-example metric from its test ranks, only when they reproduce its reported value (else a
+    stale or non-deterministic ranking would be paired). [n]"""
+    if row is None or row.ranks is None or row.result is None or metric not in row.result.test:
+        return None
+    x = per_example(row.ranks.ranks(row.mask_seen), (metric,))[metric]
+    return x if abs(float(x.mean()) - row.result.test[metric]) <= 1e-6 else None
+
+
+def compare_rows(a: RunOutcome | None, b: RunOutcome | None, metric: str, n: int | None, rule: str) -> str:
+    """``compare_pair`` on two runs, paired when both have test ranks on the same examples that reproduce their
+    reported values: z = mean(d) / (std(d) / sqrt(n)), d the per-example difference. Models ranked on the same
+    users are positively correlated, so pairing removes the shared per-user difficulty from the SE; where a run's
+    ranks are missing the unpaired binomial SE is used and the line says so."""
+    va = None if a is None else _value(a, metric)
+    vb = None if b is None else _value(b, metric)
+    ha, hb = _hits(a, metric), _hits(b, metric)
+    same = (ha is not None and hb is not None and a is not None and b is not None and a.ranks is not None
+            and b.ranks is not None and np.array_equal(a.ranks.users, b.ranks.users)
+            and np.array_equal(a.ranks.positions, b.ranks.positions))
+    if not same or va is None or vb is None:
+        return compare_pair(va, vb, n, rule)
+    pr = paired(ha, hb)
+    z = pr["z"] if math.isfinite(pr["z"]) else (0.0 if pr["diff"] == 0 else math.copysign(math.inf, pr["diff"]))
+    return _verdict(va, vb, z, rule, "paired")
 
 
 def _orderings(so: StudyOutcome, dataset: str) -> list[str]:
@@ -60,25 +94,39 @@ def _orderings(so: StudyOutcome, dataset: str) -> list[str]:
     def v(m: str) -> float | None:
         return _value(by[m], h) if m in by else None
 
+    def c(x: str, y: str | None, rule: str) -> str:
+        return compare_rows(by.get(x), by.get(y) if y else None, h, n, rule)
+
     lines = []
     if so.study.kind == "table2":
         base = [(m, v(m)) for m in BASELINES if v(m) is not None]
-        best = max(base, key=lambda x: x[1]) if base else (None, None)
-        lines.append(f"- T2Diff > Mixed-attention: {compare_pair(v('T2Diff'), v('Mixed-attention'), n, '>')}")
-        lines.append(f"- Mixed-attention > best baseline ({best[0]}): "
-                     f"{compare_pair(v('Mixed-attention'), best[1], n, '>')}")
-        lines.append(f"- T2Diff > best baseline ({best[0]}): {compare_pair(v('T2Diff'), best[1], n, '>')}")
+        best = max(base, key=lambda x: x[1])[0] if base else None
+        lines.append(f"- T2Diff > Mixed-attention: {c('T2Diff', 'Mixed-attention', '>')}")
+        lines.append(f"- Mixed-attention > best baseline ({best}): {c('Mixed-attention', best, '>')}")
+        lines.append(f"- T2Diff > best baseline ({best}): {c('T2Diff', best, '>')}")
         if "T2DiffCausal (ours)" in by:
-            lines.append(f"- T2DiffCausal (ours) > best baseline ({best[0]}): "
-                         f"{compare_pair(v('T2DiffCausal (ours)'), best[1], n, '>')}")
+            lines.append(f"- T2DiffCausal (ours) > best baseline ({best}): {c('T2DiffCausal (ours)', best, '>')}")
     elif so.study.kind == "table3":
-        lines.append(f"- exp >= linear: {compare_pair(v('beta=exp'), v('beta=linear'), n, '>=')}")
-        lines.append(f"- linear > log: {compare_pair(v('beta=linear'), v('beta=log'), n, '>')}")
+        lines.append(f"- exp >= linear: {c('beta=exp', 'beta=linear', '>=')}")
+        lines.append(f"- linear > log: {c('beta=linear', 'beta=log', '>')}")
     else:
-        lines.append(f"- T = 50 ~ 200: {compare_pair(v('T=50'), v('T=200'), n, '~')}")
-        lines.append(f"- T = 50 > 10: {compare_pair(v('T=50'), v('T=10'), n, '>')}")
-    return [f"On {h} (test, {n} examples; z from unpaired binomial standard errors, 'holds' needs |z| >= 2 where "
-            "the paper claims a difference):", "", *lines]
+        lines.append(f"- T = 50 ~ 200: {c('T=50', 'T=200', '~')}")
+        lines.append(f"- T = 50 > 10: {c('T=50', 'T=10', '>')}")
+    return [f"On {h} (test, {n} examples; z from paired per-example differences on the same test examples, or from "
+            "unpaired binomial standard errors where a run's ranks are unavailable, as each line says; 'holds' "
+            "needs |z| >= 2 where the paper claims a difference; the best baseline is picked by its own test "
+            "value, which flatters it):", "", *lines]
+
+
+def _popularity_line(so: StudyOutcome, dataset: str) -> str:
+    """The floor under the table: items ranked by training count, the same list for every user."""
+    if so.popularity is None:
+        return "Popularity floor: not computed (the data could not be read; see the log)."
+    cols = metric_cols(dataset, so.study.protocol)
+    cells = [f"{c} {_f(so.popularity['unmasked'].get(c))} / {_f(so.popularity['masked'].get(c))}" for c in cols
+             if c in so.popularity["unmasked"]]
+    return ("Popularity floor on the same test examples (every item ranked by its count in the training part of "
+            "the split, one list for every user; seen items not masked / masked): " + "; ".join(cells) + ".")
 
 
 def _paper_values(dataset: str, so: StudyOutcome) -> dict[str, dict[str, float | None]]:
@@ -244,6 +292,8 @@ def write_report(opts: ReproduceOptions, plan: list[Any], outcomes: list[StudyOu
             lines += ["", f"![{st.key}]({png.name})"]
         if st.missing:
             lines += ["", "Rows without a config (not run):", "", *[f"- {m}" for m in st.missing]]
+        if st.kind == "table2":
+            lines += ["", _popularity_line(so, opts.dataset)]
         if st.protocol == "paper" and st.kind == "table2":
             lines += ["", *_authors_table(so, opts.dataset)]
         lines += ["", *_orderings(so, opts.dataset)]
@@ -251,7 +301,7 @@ def write_report(opts: ReproduceOptions, plan: list[Any], outcomes: list[StudyOu
                        if r.result is None or r.status.startswith(("unfinished", "interrupted", "not"))]
         data["studies"][st.key] = {
             "kind": st.kind, "protocol": st.protocol, "scale": st.scale, "num_test": so.num_test,
-            "missing": st.missing,
+            "missing": st.missing, "popularity": so.popularity,
             "rows": [{"method": r.spec.method, "label": r.spec.label, "run_dir": str(r.run_dir), "status": r.status,
                       "test": None if r.result is None else r.result.test,
                       "params": None if r.result is None else r.result.params,

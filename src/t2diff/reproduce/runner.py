@@ -15,6 +15,7 @@ from typing import Any
 from t2diff.compare import CompareOptions, compare, resolve_entries
 from t2diff.compare.report import ModelResult
 from t2diff.config import ConfigError
+from t2diff.paired import RunRanks
 from t2diff.provenance import provenance
 from t2diff.reproduce.plan import (
     KINDS,
@@ -59,6 +60,8 @@ class RunOutcome:
     run_dir: Path
     result: ModelResult | None  # None: no finished run
     status: str  # finished (how) / stopped by the budget / not trained
+    ranks: RunRanks | None = None  # its test ranks (paired orderings); None: not finished or not rankable
+    mask_seen: bool = False  # which of the ranks its reported metrics use (the run's eval.mask_seen)
 
 
 @dataclass
@@ -66,6 +69,8 @@ class StudyOutcome:
     study: Study
     rows: list[RunOutcome]
     num_test: int | None
+    # Table 2 only: the popularity ranking on the same test examples, {"unmasked" | "masked": {metric: value}}
+    popularity: dict[str, dict[str, float]] | None = None
 
 
 def _selected(opts: ReproduceOptions, st: Study, spec: RunSpec) -> bool:
@@ -177,9 +182,45 @@ def _run_study(st: Study, names: dict[str, str], opts: ReproduceOptions, budget:
             rows.append(_reused(r, done))
             continue
         run_dir = folder / "runs" / names[r.label]
-        cfg_epochs = opts.epochs or _epochs(_config_dir(opts, st) / f"{r.label}.yaml")
-        rows.append(RunOutcome(r, run_dir, results.get(r.label), run_status(run_dir, cfg_epochs)))
-    return StudyOutcome(st, rows, num_test)
+        config = _config_dir(opts, st) / f"{r.label}.yaml"
+        cfg_epochs = opts.epochs or _epochs(config)
+        result = results.get(r.label)
+        ranks, mask = _ranks(run_dir, config, opts, log) if result is not None else (None, False)
+        rows.append(RunOutcome(r, run_dir, result, run_status(run_dir, cfg_epochs), ranks, mask))
+    pop = _popularity(st, opts, log) if st.kind == "table2" and st.trained else None
+    return StudyOutcome(st, rows, num_test, pop)
+
+
+def _popularity(st: Study, opts: ReproduceOptions, log: Callable[[str], None]) -> dict[str, dict[str, float]] | None:
+    """The study's popularity floor: its first run config's data, protocol and eval settings (every run of a
+    study shares them). None, logged, when the data cannot be read."""
+    from t2diff.config import load_config
+    from t2diff.popularity import popularity_floor
+    from t2diff.run import load_dataset
+
+    try:
+        cfg = load_config(_config_dir(opts, st) / f"{st.trained[0].label}.yaml")
+        metrics = tuple(f"{m}@{k}" for k in cfg.eval.ks for m in ("recall", "ndcg"))
+        out = popularity_floor(cfg, load_dataset(opts.data or cfg.data.path), metrics)
+        out.pop("num_test")
+        return out
+    except Exception as e:  # noqa: BLE001 - the report is still written; the line says the floor is missing
+        log(f"[{st.key}] popularity floor unavailable ({type(e).__name__}: {e})")
+        return None
+
+
+def _ranks(run_dir: Path, config: Path, opts: ReproduceOptions, log: Callable[[str], None]
+           ) -> tuple[RunRanks | None, bool]:
+    """A finished run's test ranks (cached in the run) for the paired orderings; None, logged, if ranking fails:
+    the report then falls back to unpaired standard errors for that run."""
+    from t2diff.config import load_config
+    from t2diff.run_ranks import cached_test_ranks
+
+    try:
+        return cached_test_ranks(run_dir, opts.data), load_config(config).eval.mask_seen
+    except Exception as e:  # noqa: BLE001 - a report must still be written; the fallback is labelled
+        log(f"[{run_dir}] test ranks unavailable ({type(e).__name__}: {e}); its orderings use unpaired SE")
+        return None, False
 
 
 def _will_train(run_dir: Path) -> bool:
@@ -194,7 +235,8 @@ def _reused(r: RunSpec, done: list[StudyOutcome]) -> RunOutcome:
         if so.study.key == key:
             for row in so.rows:
                 if row.spec.label == label:
-                    return RunOutcome(r, row.run_dir, row.result, f"{row.status} (the {key} run)")
+                    return RunOutcome(r, row.run_dir, row.result, f"{row.status} (the {key} run)", row.ranks,
+                                      row.mask_seen)
     return RunOutcome(r, Path(), None, f"not run ({key} is not in this plan)")
 
 
