@@ -1,0 +1,42 @@
+"""benchmarks/paper_scale_lr.py: the lr of each row is the one with the lowest last-epoch training loss, and a run
+that did not finish or ended on a non-finite loss is never chosen."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("paper_scale_lr", REPO / "benchmarks" / "paper_scale_lr.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(root: Path, name: str, losses: list[float], finished: bool = True) -> str:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "train_loss": v}) + "\n"
+                                             for i, v in enumerate(losses)))
+    if finished:
+        (d / "metrics.json").write_text("{}")
+    return str(d)
+
+
+def test_lowest_last_loss_is_chosen_and_broken_runs_never(tmp_path: Path) -> None:
+    mod = _script()
+    passes = {
+        "0.001": {"A": {"run_dir": _run(tmp_path, "a1", [9.0, 7.0])}, "B": {"run_dir": _run(tmp_path, "b1", [8.0])},
+                  "C": {"run_dir": _run(tmp_path, "c1", [5.0], finished=False)}},
+        "0.01": {"A": {"run_dir": _run(tmp_path, "a2", [6.0, 6.5])},  # the last epoch counts, not the best one
+                 "B": {"run_dir": _run(tmp_path, "b2", [7.0, float("nan")])},
+                 "C": {"run_dir": _run(tmp_path, "c2", [4.0], finished=False)}},
+    }
+    got = mod.choose(passes)
+    assert got["A"][0] == "0.01" and got["A"][1] == {"0.001": 7.0, "0.01": 6.5}
+    assert got["B"][0] == "0.001"  # the NaN-ended run is not chosen
+    assert got["C"][0] is None  # neither run finished
