@@ -97,3 +97,27 @@ def test_dump_matches_the_evaluator_and_mean_reports(run, tmp_path):
     assert sp.main(["mean", "--a", str(tmp_path / "a.npz"), "--b", str(tmp_path / "a.npz"), "--out",
                     str(tmp_path), "--name", "named", "--label-a", "with x", "--label-b", "without"]) == 0
     assert (tmp_path / "named.md").read_text().startswith("# with x (A) against without (B)")
+
+
+def test_run_ranks_replay_equals_fresh_passes(run):
+    """run_test_ranks runs the user tower once and replays it for the other masking: both rank lists must equal
+    fresh passes of the evaluator, and the cache is rebuilt when the run changes."""
+    import os
+
+    from t2diff.evaluate import rank_examples
+    from t2diff.run import build_from_checkpoint, build_split
+    from t2diff.run_ranks import CACHE, cached_test_ranks, run_test_ranks
+
+    r = run_test_ranks(run)
+    model, cfg, ds = build_from_checkpoint(run)
+    test = build_split(cfg, ds).test
+    for masked in (True, False):
+        fresh = rank_examples(model, ds, test, cfg.data.max_len, cfg.eval.batch_size, mask_seen=masked).ranks
+        np.testing.assert_array_equal(r.ranks(masked), fresh)
+    c = cached_test_ranks(run)
+    np.testing.assert_array_equal(c.ranks_masked, r.ranks_masked)
+    stamp = (run / CACHE).stat().st_mtime
+    os.utime(run / "metrics.json", (stamp + 10, stamp + 10))  # the run changed after the cache was written
+    cached_test_ranks(run)
+    assert (run / CACHE).stat().st_mtime > stamp
+    (run / CACHE).unlink()
