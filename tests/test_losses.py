@@ -80,3 +80,25 @@ def test_bf16_autocast_loss_and_gradients_close_to_fp32():
     assert (got[2][0] == 0).all()
     # and it is really bf16 arithmetic (not silently fp32)
     assert not torch.equal(got[1], ref[1])
+
+
+def test_mixture_softmax_nll_against_closed_forms() -> None:
+    from t2diff.losses import full_softmax_ce, mixture_softmax_nll
+
+    g = torch.Generator().manual_seed(0)
+    items = torch.randn(8, 4, generator=g)  # 7 real items + the pad row
+    u = torch.randn(5, 4, generator=g)
+    t = torch.tensor([1, 3, 7, 2, 2])
+    ce = full_softmax_ce(u, items, t)
+    assert torch.allclose(mixture_softmax_nll(u[None], items, t), ce, atol=1e-6)  # K = 1: the CE
+    assert torch.allclose(mixture_softmax_nll(u[None].expand(3, -1, -1), items, t), ce, atol=1e-6)  # K copies
+    v = torch.randn(5, 4, generator=g)
+    p = lambda w: torch.softmax(w @ items[1:].T, -1)[torch.arange(5), t - 1]  # noqa: E731
+    want = -torch.log((p(u) + p(v)) / 2).mean()  # -log of the mean of the two softmaxes at the target
+    assert torch.allclose(mixture_softmax_nll(torch.stack([u, v]), items, t, chunk=2), want, atol=1e-6)
+    # -log is convex (Jensen): the mixture's NLL is never above the mean of the draws' CEs
+    mean_ce = (full_softmax_ce(u, items, t).item() + full_softmax_ce(v, items, t).item()) / 2
+    assert mixture_softmax_nll(torch.stack([u, v]), items, t).item() <= mean_ce + 1e-6
+    uu = torch.stack([u, v]).requires_grad_()
+    mixture_softmax_nll(uu, items, t).backward()
+    assert torch.isfinite(uu.grad).all() and uu.grad.abs().sum() > 0

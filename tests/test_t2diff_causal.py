@@ -134,7 +134,7 @@ def test_the_tower_loss_reaches_the_generator_unless_detached() -> None:
 @pytest.mark.parametrize("kw", [
     {}, {"target": "drift"}, {"diffusion": False}, {"sampler": "ddpm", "inference_steps": 10},
     {"inference_steps": 1}, {"train_steps": 3}, {"xhat_ce_weight": 0.5}, {"detach_xhat": True}, {"eta": 0.5},
-    {"schedule": "exp"}, {"features": True},
+    {"schedule": "exp"}, {"features": True}, {"train_draws": 3},
 ])
 def test_one_training_step_of_every_setting(kw) -> None:
     feats = kw.pop("features", False)
@@ -182,6 +182,7 @@ def test_training_and_serving_use_the_same_chain() -> None:
     ({"num_heads": 3}, "num_heads"),
     ({"xhat_ce_weight": -1.0}, "xhat_ce_weight"),
     ({"session_len": 0}, "session_len"),
+    ({"train_draws": 0}, "train_draws"),
 ])
 def test_config_rules(kw, msg) -> None:
     with pytest.raises(ConfigError, match=msg):
@@ -195,3 +196,31 @@ def test_bad_inputs_are_named() -> None:
     empty = Batch.from_histories([[1]], L)
     with pytest.raises(ValueError, match="pos_targets"):
         m.loss(empty)
+
+
+def test_several_draws_train_a_mixture_of_their_softmaxes() -> None:
+    """train_draws = K: the tower loss is the mixture likelihood over K draws of x_hat (each with its own noise),
+    which with K = 1 is the plain softmax CE; it needs the full softmax."""
+    from t2diff.losses import Objective, mixture_softmax_nll
+
+    m = model(train_draws=2).train()
+    b = batch()
+    got: list[torch.Tensor] = []
+    real = mixture_softmax_nll
+
+    def spy(u: torch.Tensor, items: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        got.append(u.detach())
+        return real(u, items, t)
+
+    import t2diff.models.t2diff_causal as mod
+    old, mod.mixture_softmax_nll = mod.mixture_softmax_nll, spy
+    try:
+        torch.manual_seed(0)
+        m.loss(b)
+    finally:
+        mod.mixture_softmax_nll = old
+    n = int((b.pos_targets > 0).sum())
+    assert got[0].shape == (2, n, 16) and not torch.allclose(got[0][0], got[0][1])  # two draws, two vectors
+    sampled = T2DiffCausal(small(train_draws=2), info(), Objective("sampled", 8, "uniform"))
+    with pytest.raises(ValueError, match="train.loss: full"):
+        sampled.loss(b)

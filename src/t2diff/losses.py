@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,24 @@ def full_softmax_ce(user_vecs: Tensor, item_vecs: Tensor, targets: Tensor) -> Te
     logits = user_vecs @ item_vecs[1:].T  # [N, I]: the padding row is left out rather than masked
     return F.cross_entropy(logits, targets - 1)
 
+
+
+def mixture_softmax_nll(user_vecs: Tensor, item_vecs: Tensor, targets: Tensor, chunk: int = 256) -> Tensor:
+    """Mean over N of -log (1/K) sum_k softmax(u_k . v)[target]: the likelihood of a mixture of K softmaxes, one
+    per user vector (Yang et al., ICLR'18, "Breaking the softmax bottleneck"). user_vecs [K, N, D], item_vecs
+    [I+1, D], targets [N] in 1..I; the padding row is excluded as in ``full_softmax_ce``. K = 1 is that CE. Row
+    chunks of ``chunk`` keep the logits at [K, chunk, I]; the softmax runs in float32."""
+    k, n, _ = user_vecs.shape
+    if n == 0:
+        raise ValueError("empty batch")
+    items = item_vecs[1:].float()  # [I, D]
+    total = user_vecs.new_zeros((), dtype=torch.float32)
+    for a in range(0, n, chunk):
+        lp = torch.log_softmax(user_vecs[:, a: a + chunk].float() @ items.T, dim=-1)  # [K, c, I]
+        t = (targets[a: a + chunk] - 1)[None, :, None].expand(k, -1, 1)  # [K, c, 1]
+        picked = lp.gather(-1, t)[..., 0]  # [K, c]
+        total = total - (torch.logsumexp(picked, dim=0) - math.log(k)).sum()
+    return total / n
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
     """Mean softmax cross-entropy over the real items, computed in row chunks with its gradients in the same

@@ -47,7 +47,7 @@ from t2diff.config import ConfigError, at_least, check_attention_sizes, check_fi
 from t2diff.diffusion.keyed_noise import keyed_normal, mix32
 from t2diff.diffusion.samplers import SAMPLERS, Sampler, make_sampler
 from t2diff.diffusion.schedule import SCHEDULES, NoiseSchedule
-from t2diff.losses import Objective, chunked_softmax_ce
+from t2diff.losses import Objective, chunked_softmax_ce, mixture_softmax_nll
 from t2diff.models.base import CausalEncoder, DataInfo
 from t2diff.models.dropout import Dropout
 from t2diff.models.layers import SideFeatures, TransformerBlock, TransformerConfig, attention_mask
@@ -74,6 +74,11 @@ class T2DiffCausalConfig(TransformerConfig):
     denoise_weight: float = 1.0  # x0-prediction loss at a random step (eq. 23)
     xhat_ce_weight: float = 0.0  # softmax CE of x_hat against the item table, as DiffuRec (0: off)
     detach_xhat: bool = False  # stop-gradient between the generator and the crossing
+    # K > 1: K independent x_hat draws per position in training, each crossed into its own user vector, and the
+    # tower loss is the likelihood of the mixture of their K softmaxes (full softmax only): a generator whose
+    # draws differ can cover several next items, where one inner product is one mode. Serving still uses one draw;
+    # benchmarks/xhat_mixture.py reads several.
+    train_draws: int = at_least(1)
     eval_seed: int = 0  # eval-mode noise = hash(eval_seed, the prefix up to j, step): batch-independent
     features: bool = True  # add mean-pooled side-feature embeddings to the id embeddings (when the data has them)
 
@@ -362,8 +367,20 @@ class T2DiffCausal(SideFeatures, CausalEncoder, config=T2DiffCausalConfig):
                 xce = chunked_softmax_ce(x_hat, self.item_embeddings(), tgt[keep])
                 extra = extra + self.cfg.xhat_ce_weight * xce
                 logs["xhat_ce"] = xce.item()
-        e_u = self.user_vectors(x, seq, c, x_hat_full, torch.arange(l, device=seq.device))  # [B, L, D]
-        tower = self.tower_loss(e_u[keep], tgt[keep])
+        cols = torch.arange(l, device=seq.device)
+        e_u = self.user_vectors(x, seq, c, x_hat_full, cols)  # [B, L, D]
+        if self.cfg.diffusion and self.cfg.train_draws > 1:
+            if self.tower_loss_fn is not None:
+                raise ValueError("model.train_draws > 1 needs train.loss: full (the mixture likelihood is a full "
+                                 "softmax over the catalogue)")
+            draws = [e_u[keep]]  # [N, D] each
+            for _ in range(self.cfg.train_draws - 1):
+                more = self.sample_xhat(ck, xk, None, self.train_sampler)
+                full = x.new_zeros(b, l, d).index_put((keep,), more.to(x.dtype))
+                draws.append(self.user_vectors(x, seq, c, full, cols)[keep])
+            tower = mixture_softmax_nll(torch.stack(draws), self.item_embeddings(), tgt[keep])
+        else:
+            tower = self.tower_loss(e_u[keep], tgt[keep])
         total = tower + extra
         return total, {"tower": tower.item(), **logs, "loss": total.item()}
 
