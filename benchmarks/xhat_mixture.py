@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path)
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--against", type=Path, help="another run on the same test examples (its own test ranks)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), help="another chain at inference (default: the served one)")
+    p.add_argument("--steps", type=int, help="its number of steps (ddpm: T)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg, ds = build_from_checkpoint(args.run)
     if model.cfg.__class__.__name__ != "T2DiffCausalConfig" or not model.cfg.diffusion:
         p.error(f"{args.run}: a T2DiffCausal run with diffusion is needed")
+    if args.sampler:
+        model.set_sampler(args.sampler, args.steps)
     test = build_split(cfg, ds).test
     items = model.item_embeddings()  # [I+1, D]
     base_cfg = model.cfg
