@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from t2diff.data.batching import make_batch
+from t2diff.metrics import ranks_from_scores
 from t2diff.paired import paired, per_example
 from t2diff.provenance import markdown_table, provenance, write_json, write_markdown
 from t2diff.run import build_from_checkpoint, build_split
@@ -34,21 +35,16 @@ from t2diff.run_ranks import run_test_ranks
 METRICS = ("ndcg@10", "recall@20")
 
 
-def ranks_from_scores(s: torch.Tensor, target: torch.Tensor, seen: list[np.ndarray] | None) -> np.ndarray:
-    """s [B, I+1] (column 0 the pad), target [B] in 1..I -> 1-based ranks [B]; ties pessimistic; seen items to
-    -inf; a target among them gets the worst rank I."""
-    s = s[:, 1:].clone()  # [B, I]
-    num = s.shape[1]
-    worst = torch.zeros(len(target), dtype=torch.bool)
+def ranks_masked(s: torch.Tensor, target: torch.Tensor, seen: list[np.ndarray] | None) -> np.ndarray:
+    """The evaluator's ranks (``t2diff.metrics.ranks_from_scores``) of scores s [B, I+1] (column 0 the pad), seen
+    items masked to -inf first (a target among them gets the worst rank). [B]"""
     if seen is not None:
+        s = s.clone()
         for r, it in enumerate(seen):
-            it = np.unique(it[it > 0])
+            it = it[it > 0]
             if len(it):
-                s[r, torch.from_numpy(it - 1)] = -torch.inf
-                worst[r] = bool((it == int(target[r])).any())
-    t = s.gather(1, (target - 1)[:, None])  # [B, 1]
-    rank = 1 + (s > t).sum(1) + (s == t).sum(1) - 1
-    return torch.where(worst, torch.full_like(rank, num), rank).numpy()
+                s[r, torch.from_numpy(it.astype(np.int64))] = -torch.inf
+    return ranks_from_scores(s, target)[0].numpy()
 
 
 @torch.no_grad()
@@ -97,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         seen = [ds.history(int(uu))[:int(jj)] for uu, jj in zip(u, j, strict=True)]
         for k, sc in scores.items():
             for masked in (True, False):
-                readings[k][masked].append(ranks_from_scores(sc, batch.target, seen if masked else None))
+                readings[k][masked].append(ranks_masked(sc, batch.target, seen if masked else None))
     ranks = {k: {m: np.concatenate(x) for m, x in d.items()} for k, d in readings.items()}
     other = run_test_ranks(args.against) if args.against else None
     if other is not None and not (np.array_equal(other.users, test.users)

@@ -17,10 +17,13 @@ def test_ranks_by_count_with_pessimistic_ties_and_seen_items_dropped() -> None:
     targets = np.array([2, 5, 1, 3, 4])
     # by count: 2 (9), 5 (7), then 1 and 3 tied at 5, then 4 (1); a tie counts the other tied item above
     assert popularity_ranks(counts, targets, None).tolist() == [1, 2, 4, 4, 5]
-    seen = [np.array([5]), np.array([2, 0]), np.array([3, 1]), np.array([]), np.array([2, 5, 4])]
-    # dropped: item 5 (nothing above item 2 changes); 2 (item 5 is first); 3 (item 1's tie is gone, 1 itself is
-    # the target and stays); nothing; 2 and 5 (item 4 moves up two; the target 4 itself is never dropped)
+    seen = [np.array([5]), np.array([2, 0]), np.array([3]), np.array([]), np.array([2, 5])]
+    # masked: item 5 (nothing above item 2 changes); 2 (item 5 is first); 3 (item 1's tie is gone); nothing;
+    # 2 and 5 (item 4 moves up two)
     assert popularity_ranks(counts, targets, [s.astype(np.int64) for s in seen]).tolist() == [1, 1, 3, 4, 3]
+    # a target among the seen items is masked too and gets the worst rank, as the evaluator does
+    repeated = [np.array([2]), np.array([]), np.array([]), np.array([]), np.array([])]
+    assert popularity_ranks(counts, targets, [s.astype(np.int64) for s in repeated]).tolist()[0] == 5
 
 
 def test_floor_on_a_split_matches_a_direct_count(synthetic_prepared: Path) -> None:
