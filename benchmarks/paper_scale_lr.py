@@ -7,7 +7,10 @@ then the paper's orderings on the chosen rows with paired z on the runs' own tes
         --pass 0.03=runs/reproduce-ml-1m-paperscale-lr0.03 --name paper_scale_lr
 
 Each pass folder holds the reproduce.json its run wrote. A row whose run did not finish, or whose last loss is not
-finite, is not chosen at that lr. Writes ``benchmarks/results/<name>.md`` and ``.json`` (command, commit, machine).
+finite, is not chosen at that lr. ``--prior LR=FILE`` takes one lr's last losses and test values from an earlier
+output JSON of this script, for a pass whose run folders are gone; a row chosen at such an lr has no test ranks, so
+its orderings use unpaired binomial standard errors, and say so. Writes ``benchmarks/results/<name>.md`` and
+``.json`` (command, commit, machine).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from t2diff.compare.paper import paper_table2
 from t2diff.config import load_config
 from t2diff.paired import paired, per_example
 from t2diff.provenance import markdown_table, provenance, write_json, write_markdown
-from t2diff.reproduce.report import BASELINES, headline
+from t2diff.reproduce.report import BASELINES, compare_pair, headline
 from t2diff.run_ranks import cached_test_ranks
 
 
@@ -42,12 +45,26 @@ def rows_of(folder: Path, study: str) -> dict[str, dict]:
     return {r["method"]: r for r in data["studies"][study]["rows"]}
 
 
+def prior_rows(file: Path, lr: str, metric: str) -> dict[str, dict]:
+    """One lr's rows from an earlier output JSON of this script: {method: {run_dir, last_loss, test}}."""
+    data = json.loads(file.read_text())
+    if data.get("metric") != metric:
+        raise SystemExit(f"{file}: metric {data.get('metric')!r}, not {metric!r}")
+    out = {}
+    for m, rec in data["rows"].items():
+        if lr not in rec["last_loss"]:
+            raise SystemExit(f"{file}: row {m!r} has no lr {lr}; it has {sorted(rec['last_loss'])}")
+        out[m] = {"run_dir": None, "last_loss": rec["last_loss"][lr], "test": {metric: rec["test"].get(lr)}}
+    return out
+
+
 def choose(passes: dict[str, dict[str, dict]]) -> dict[str, tuple[str | None, dict[str, float]]]:
     """{method: (chosen lr or None, {lr: last loss})}: the lowest finite last-epoch training loss."""
     methods = list(dict.fromkeys(m for rows in passes.values() for m in rows))
     out = {}
     for m in methods:
-        losses = {lr: last_loss(Path(rows[m]["run_dir"])) for lr, rows in passes.items() if m in rows}
+        losses = {lr: float(rows[m]["last_loss"]) if "last_loss" in rows[m] else last_loss(Path(rows[m]["run_dir"]))
+                  for lr, rows in passes.items() if m in rows}
         finite = {lr: v for lr, v in losses.items() if math.isfinite(v)}
         out[m] = (min(finite, key=finite.get) if finite else None, losses)
     return out
@@ -65,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--study", default="table2-paper-paper")
     p.add_argument("--pass", dest="passes", action="append", required=True, help="LR=FOLDER (repeat)")
+    p.add_argument("--prior", action="append", default=[], help="LR=JSON: that lr from an earlier output (repeat)")
     p.add_argument("--dataset", default="ml-1m")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--name", default="paper_scale_lr")
@@ -76,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         passes[lr] = rows_of(Path(folder), args.study)
     protocol = "paper" if "-paper-" in args.study else "loo"
     h = headline(args.dataset, protocol)
+    for item in args.prior:
+        lr, _, file = item.partition("=")
+        passes[lr] = prior_rows(Path(file), lr, h)
+    passes = dict(sorted(passes.items(), key=lambda kv: float(kv[0])))
     paper = paper_table2(args.dataset) if protocol == "paper" else {}
     chosen = choose(passes)
     lrs = list(passes)
@@ -92,12 +114,13 @@ def main(argv: list[str] | None = None) -> int:
                      "run_dir": row["run_dir"] if row else None}
 
     def run_of(m: str | None) -> Path | None:
-        return Path(record[m]["run_dir"]) if m in record and record[m]["run_dir"] else None
+        return Path(record[m]["run_dir"]) if m in record and record[m]["run_dir"] else None  # None: prior lr
 
     def z_line(a: str, b: str | None, rule: str = ">") -> str:
         ra, rb = run_of(a), run_of(b)
-        if ra is None or rb is None:
-            return f"- {a} > {b}: not measured"
+        if ra is None or rb is None:  # a prior lr's row: no ranks, so unpaired binomial SE on the same n
+            va, vb = record.get(a, {}).get("chosen_test"), record.get(b, {}).get("chosen_test") if b else None
+            return f"- {a} > {b}: {compare_pair(va, vb, num_test, rule)}"
         (ha, ka), (hb, kb) = hits(ra, h), hits(rb, h)
         if not np.array_equal(ka, kb):
             return f"- {a} > {b}: the runs hold different test examples; not paired"
@@ -106,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return (f"- {a} > {b}: {'holds' if ok else 'does not hold'} ({ha.mean():.4f} vs {hb.mean():.4f}, "
                 f"{pr['diff']:+.4f} ± {pr['se']:.4f}, z {pr['z']:+.2f}, paired)")
 
+    with_ranks = [Path(r["run_dir"]) for r in record.values() if r["run_dir"]]
+    num_test = len(hits(with_ranks[0], h)[0]) if with_ranks else None
     base = [(m, record[m]["chosen_test"]) for m in BASELINES if m in record and record[m]["chosen_test"] is not None]
     best = max(base, key=lambda x: x[1])[0] if base else None
     orderings = [z_line("T2Diff", "Mixed-attention"), z_line("Mixed-attention", best), z_line("T2Diff", best)]
@@ -115,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{h} (chosen)", f"{h} (paper)"]
     md = "\n".join([
         f"# {args.study}: the lr chosen by the last epoch's training loss", "",
-        f"Passes: {', '.join(f'lr {lr} = `{f}`' for lr, f in (i.partition('=')[::2] for i in args.passes))}. "
+        f"Passes: {', '.join(f'lr {lr} = `{f}`' for lr, f in (i.partition('=')[::2] for i in args.passes))}"
+        + "".join(f"; lr {lr} from `{f}` (earlier output: its runs are gone, so a row chosen there is "
+                  "compared unpaired)"
+                  for lr, f in (i.partition('=')[::2] for i in args.prior)) + ". "
         f"For each row the lr with the lowest training loss in the last epoch is chosen (no test number enters "
         f"the choice); {h} is the last epoch's test value.", "",
         markdown_table(head, table), "",

@@ -40,3 +40,23 @@ def test_lowest_last_loss_is_chosen_and_broken_runs_never(tmp_path: Path) -> Non
     assert got["A"][0] == "0.01" and got["A"][1] == {"0.001": 7.0, "0.01": 6.5}
     assert got["B"][0] == "0.001"  # the NaN-ended run is not chosen
     assert got["C"][0] is None  # neither run finished
+
+
+def test_a_prior_output_stands_in_for_a_pass_whose_runs_are_gone(tmp_path: Path) -> None:
+    mod = _script()
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"metric": "recall@20", "rows": {
+        "A": {"last_loss": {"0.001": 7.0, "0.01": 6.0}, "test": {"0.001": 0.05, "0.01": 0.13}},
+        "B": {"last_loss": {"0.001": 7.5, "0.01": 8.2}, "test": {"0.001": 0.07, "0.01": 0.0}}}}))
+    passes = {lr: mod.prior_rows(earlier, lr, "recall@20") for lr in ("0.001", "0.01")}
+    passes["0.03"] = {"A": {"run_dir": _run(tmp_path, "a3", [6.2])}, "B": {"run_dir": _run(tmp_path, "b3", [7.4])}}
+    got = mod.choose(passes)
+    assert got["A"][0] == "0.01" and got["A"][1] == {"0.001": 7.0, "0.01": 6.0, "0.03": 6.2}
+    assert got["B"][0] == "0.03"
+    assert passes["0.01"]["A"]["run_dir"] is None and passes["0.01"]["A"]["test"] == {"recall@20": 0.13}
+    try:
+        mod.prior_rows(earlier, "0.3", "recall@20")
+    except SystemExit as e:
+        assert "no lr 0.3" in str(e)
+    else:
+        raise AssertionError("an lr the earlier output lacks must be refused")
