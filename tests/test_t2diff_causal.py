@@ -134,7 +134,7 @@ def test_the_tower_loss_reaches_the_generator_unless_detached() -> None:
 @pytest.mark.parametrize("kw", [
     {}, {"target": "drift"}, {"diffusion": False}, {"sampler": "ddpm", "inference_steps": 10},
     {"inference_steps": 1}, {"train_steps": 3}, {"xhat_ce_weight": 0.5}, {"detach_xhat": True}, {"eta": 0.5},
-    {"schedule": "exp"}, {"features": True}, {"train_draws": 3},
+    {"schedule": "exp"}, {"features": True}, {"train_draws": 3}, {"train_draws": 2, "energy_weight": 1.0},
 ])
 def test_one_training_step_of_every_setting(kw) -> None:
     feats = kw.pop("features", False)
@@ -145,6 +145,7 @@ def test_one_training_step_of_every_setting(kw) -> None:
     opt.step()
     assert torch.isfinite(loss) and all(v == v for v in logs.values())
     assert ("denoise" in logs) == m.cfg.diffusion and ("xhat_ce" in logs) == (m.cfg.xhat_ce_weight > 0)
+    assert ("energy" in logs) == (m.cfg.energy_weight > 0)
     with torch.no_grad():
         assert bool(m.eval().user_embeddings(batch()).isfinite().all())
 
@@ -183,6 +184,9 @@ def test_training_and_serving_use_the_same_chain() -> None:
     ({"xhat_ce_weight": -1.0}, "xhat_ce_weight"),
     ({"session_len": 0}, "session_len"),
     ({"train_draws": 0}, "train_draws"),
+    ({"energy_weight": 1.0}, "energy_weight"),  # one draw has no spread to score
+    ({"energy_weight": 1.0, "train_draws": 2, "diffusion": False}, "energy_weight"),
+    ({"energy_weight": -1.0, "train_draws": 2}, "energy_weight"),
 ])
 def test_config_rules(kw, msg) -> None:
     with pytest.raises(ConfigError, match=msg):
@@ -224,3 +228,37 @@ def test_several_draws_train_a_mixture_of_their_softmaxes() -> None:
     sampled = T2DiffCausal(small(train_draws=2), info(), Objective("sampled", 8, "uniform"))
     with pytest.raises(ValueError, match="train.loss: full"):
         sampled.loss(b)
+
+
+def test_the_energy_term_scores_the_draws_against_the_next_behaviour() -> None:
+    """energy_weight = w: the loss adds w * energy_score(the K x_hat draws, x_{j+1}), and its spread term reaches
+    the generator (the gradient that keeps draws apart)."""
+    from t2diff.diffusion.energy import energy_score
+
+    b = batch()
+    got: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = energy_score
+
+    def spy(draws: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        got.append((draws.detach(), y.detach()))
+        return real(draws, y)
+
+    import t2diff.models.t2diff_causal as mod
+    totals = {}
+    for w in (0.0, 2.0):
+        m = model(train_draws=3, energy_weight=w).train()
+        old, mod.energy_score = mod.energy_score, spy
+        try:
+            torch.manual_seed(0)
+            totals[w] = m.loss(b)
+        finally:
+            mod.energy_score = old
+    n = int((b.pos_targets > 0).sum())
+    (draws, y), = got  # called only with w > 0
+    assert draws.shape == (3, n, 16) and torch.allclose(y, m.item_inputs(b.pos_targets[b.pos_targets > 0]))
+    loss, logs = totals[2.0]
+    assert loss.item() == pytest.approx(totals[0.0][0].item() + 2.0 * logs["energy"], rel=1e-5)
+    m.zero_grad()
+    real(torch.stack([m.sample_xhat(torch.zeros(4, 16), torch.zeros(4, 16), None) for _ in range(2)]),
+         torch.zeros(4, 16)).backward()
+    assert sum(float(p.grad.abs().sum()) for p in m.denoiser.parameters() if p.grad is not None) > 0

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from t2diff.batch import Batch
 from t2diff.config import ConfigError, at_least, check_attention_sizes, check_fields, choice
+from t2diff.diffusion.energy import energy_score
 from t2diff.diffusion.keyed_noise import keyed_normal, mix32
 from t2diff.diffusion.samplers import SAMPLERS, Sampler, make_sampler
 from t2diff.diffusion.schedule import SCHEDULES, NoiseSchedule
@@ -79,6 +80,10 @@ class T2DiffCausalConfig(TransformerConfig):
     # draws differ can cover several next items, where one inner product is one mode. Serving still uses one draw;
     # benchmarks/xhat_mixture.py reads several.
     train_draws: int = at_least(1)
+    # > 0: the energy score of the K train draws of x_hat against x_{j+1} (``diffusion.energy``; needs
+    # train_draws >= 2), a strictly proper scoring rule: its spread term keeps the draws as different as the next
+    # behaviours are given c_j, where the chain trained on squared error and ranking alone collapses to one point.
+    energy_weight: float = 0.0
     eval_seed: int = 0  # eval-mode noise = hash(eval_seed, the prefix up to j, step): batch-independent
     features: bool = True  # add mean-pooled side-feature embeddings to the id embeddings (when the data has them)
 
@@ -100,7 +105,11 @@ class T2DiffCausalConfig(TransformerConfig):
                                   f"{'all T' if sampler == 'ddpm' else '1..T'} = {self.steps} steps, got {n}")
         if not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"{where}.eta: must lie in [0, 1], got {self.eta}")
-        for key in ("denoise_weight", "xhat_ce_weight"):
+        if self.energy_weight > 0 and (self.train_draws < 2 or not self.diffusion):
+            raise ConfigError(f"{where}.energy_weight: the energy score compares draws, so it needs "
+                              f"diffusion: true and train_draws >= 2, got train_draws={self.train_draws}, "
+                              f"diffusion={self.diffusion}")
+        for key in ("denoise_weight", "xhat_ce_weight", "energy_weight"):
             if not getattr(self, key) >= 0.0:
                 raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
         check_attention_sizes(self, where, ("dropout", "emb_dropout"))
@@ -355,7 +364,8 @@ class T2DiffCausal(SideFeatures, CausalEncoder, config=T2DiffCausalConfig):
         x_hat_full, extra = None, x.new_zeros(())
         if self.cfg.diffusion:
             ck, xk = c[keep], x[keep].detach()  # [N, D]
-            x0 = self.diffusion_x0(xk, self.item_inputs(tgt[keep]).detach())  # [N, D], stop-gradient target
+            y = self.item_inputs(tgt[keep]).detach()  # [N, D]: x_{j+1}, a stop-gradient target
+            x0 = self.diffusion_x0(xk, y)  # [N, D]
             t = self.schedule.sample_steps(ck.shape[0], device=ck.device)  # eq. 12
             z_t = self.schedule.q_sample(x0, t, torch.randn_like(x0))  # eq. 14
             denoise = (self.denoiser(z_t, t, ck).float() - x0).pow(2).sum(-1).mean()  # eq. 15, 23 (fp32 under bf16)
@@ -373,12 +383,17 @@ class T2DiffCausal(SideFeatures, CausalEncoder, config=T2DiffCausalConfig):
             if self.tower_loss_fn is not None:
                 raise ValueError("model.train_draws > 1 needs train.loss: full (the mixture likelihood is a full "
                                  "softmax over the catalogue)")
-            draws = [e_u[keep]]  # [N, D] each
+            draws, x_hats = [e_u[keep]], [x_hat]  # [N, D] each
             for _ in range(self.cfg.train_draws - 1):
                 more = self.sample_xhat(ck, xk, None, self.train_sampler)
+                x_hats.append(more)
                 full = x.new_zeros(b, l, d).index_put((keep,), more.to(x.dtype))
                 draws.append(self.user_vectors(x, seq, c, full, cols)[keep])
             tower = mixture_softmax_nll(torch.stack(draws), self.item_embeddings(), tgt[keep])
+            if self.cfg.energy_weight > 0:
+                es = energy_score(torch.stack(x_hats), y)  # [K, N, D] against [N, D]
+                extra = extra + self.cfg.energy_weight * es
+                logs["energy"] = es.item()
         else:
             tower = self.tower_loss(e_u[keep], tgt[keep])
         total = tower + extra
