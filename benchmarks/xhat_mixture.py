@@ -75,16 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     readings: dict[str, dict[bool, list[np.ndarray]]] = {k: {True: [], False: []}
                                                          for k in ("single", "mean-vector", "mixture", "max")}
     cos: list[np.ndarray] = []
+    xcos: list[np.ndarray] = []  # the generator's own spread: cosine of a draw's x_hat to draw 0's
     for a in range(0, len(test), args.batch_size):
         u, j = test.users[a: a + args.batch_size], test.positions[a: a + args.batch_size]
         batch = make_batch(ds, u, j, cfg.data.max_len)
-        vecs = []
+        vecs, xhats = [], []
+        x, c = model.backbone(batch.seq, last_only=True)  # [B, L, D], [B, 1, D]
         for s in range(args.samples):
             model.cfg = replace(base_cfg, eval_seed=s)
             vecs.append(model.user_embeddings(batch))  # [B, D]
+            xhats.append(model.sample_xhat(c[:, 0], x[:, -1], model.eval_keys(batch.seq)[:, -1]))  # [B, D]
         model.cfg = base_cfg
-        v = torch.stack(vecs)  # [S, B, D]
+        v, xh = torch.stack(vecs), torch.stack(xhats)  # [S, B, D] each
         cos.append(torch.nn.functional.cosine_similarity(v[1:], v[:1], dim=-1).mean(0).numpy())
+        xcos.append(torch.nn.functional.cosine_similarity(xh[1:], xh[:1], dim=-1).mean(0).numpy())
         logits = v @ items.T  # [S, B, I+1]
         scores = {"single": logits[0], "mean-vector": v.mean(0) @ items.T,
                   "mixture": torch.logsumexp(torch.log_softmax(logits[..., 1:], -1), 0),
@@ -112,16 +116,18 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(["yes" if masked else "no", k, *[f"{per[m].mean():.4f}" for m in METRICS],
                          *[f"{vs[m]['diff']:+.4f} (z {vs[m]['z']:+.2f})" if k != "single" else "" for m in METRICS],
                          *([f"{vo[m]['diff']:+.4f} (z {vo[m]['z']:+.2f})" for m in METRICS] if vo else [])])
-    c = float(np.concatenate(cos).mean())
+    c, xc = float(np.concatenate(cos).mean()), float(np.concatenate(xcos).mean())
     ref = ([f"{m} - against" for m in METRICS] if other is not None else [])
     md = "\n".join([
         f"# {args.samples} x_hat draws per user: `{args.run}`", "",
         f"{len(test)} test examples, protocol `{cfg.data.protocol}`; draws are eval_seed 0..{args.samples - 1} of "
         f"the served sampler ({base_cfg.sampler}, {base_cfg.inference_steps} steps). Mean cosine of a draw's user "
-        f"vector to draw 0's: {c:.4f}." + (f" `against` = `{args.against}`'s own test ranks." if other else ""),
+        f"vector to draw 0's: {c:.4f}; of a draw's x_hat to draw 0's: {xc:.4f}."
+        + (f" `against` = `{args.against}`'s own test ranks." if other else ""),
         "", markdown_table(["seen masked", "reading", *METRICS, *[f"{m} - single" for m in METRICS], *ref], rows)])
     write_json(args.out / f"{args.name}.json", {"run": str(args.run), "samples": args.samples,
-                                                 "mean_cosine_to_draw0": c, "readings": record,
+                                                 "mean_cosine_to_draw0": c, "xhat_mean_cosine_to_draw0": xc,
+                                                 "readings": record,
                                                  "against": str(args.against) if other else None}, prov)
     write_markdown(args.out / f"{args.name}.md", md + "\n", prov)
     print(md)
