@@ -47,7 +47,7 @@ def test_registered_as_a_causal_padding_free_model() -> None:
 
 
 @pytest.mark.parametrize("kw", [{}, {"target": "drift"}, {"diffusion": False},
-                                {"sampler": "ddpm", "inference_steps": 10}])
+                                {"sampler": "ddpm", "inference_steps": 10}, {"xhat_skip": True}])
 def test_each_position_equals_the_history_cut_there(kw) -> None:
     """Eval mode: e_u at column j of the full window = user_embeddings of the history cut at j (left-padded)."""
     m = model(**kw).eval()
@@ -135,6 +135,7 @@ def test_the_tower_loss_reaches_the_generator_unless_detached() -> None:
     {}, {"target": "drift"}, {"diffusion": False}, {"sampler": "ddpm", "inference_steps": 10},
     {"inference_steps": 1}, {"train_steps": 3}, {"xhat_ce_weight": 0.5}, {"detach_xhat": True}, {"eta": 0.5},
     {"schedule": "exp"}, {"features": True}, {"train_draws": 3}, {"train_draws": 2, "energy_weight": 1.0},
+    {"xhat_skip": True}, {"xhat_skip": True, "train_draws": 2, "energy_weight": 1.0, "detach_xhat": True},
 ])
 def test_one_training_step_of_every_setting(kw) -> None:
     feats = kw.pop("features", False)
@@ -187,6 +188,7 @@ def test_training_and_serving_use_the_same_chain() -> None:
     ({"energy_weight": 1.0}, "energy_weight"),  # one draw has no spread to score
     ({"energy_weight": 1.0, "train_draws": 2, "diffusion": False}, "energy_weight"),
     ({"energy_weight": -1.0, "train_draws": 2}, "energy_weight"),
+    ({"xhat_skip": True, "diffusion": False}, "xhat_skip"),
 ])
 def test_config_rules(kw, msg) -> None:
     with pytest.raises(ConfigError, match=msg):
@@ -262,3 +264,25 @@ def test_the_energy_term_scores_the_draws_against_the_next_behaviour() -> None:
     real(torch.stack([m.sample_xhat(torch.zeros(4, 16), torch.zeros(4, 16), None) for _ in range(2)]),
          torch.zeros(4, 16)).backward()
     assert sum(float(p.grad.abs().sum()) for p in m.denoiser.parameters() if p.grad is not None) > 0
+
+
+def test_xhat_skip_adds_the_draw_to_the_user_vector() -> None:
+    """xhat_skip: e_u = c_j + W [h_s; h_l] + U x_hat; U starts at 0 (the same e_u as without it), and once it is not
+    0 a different draw (another eval_seed) moves e_u by U (x_hat' - x_hat) plus the crossing's change."""
+    from dataclasses import replace
+
+    b = batch()
+    plain, skip = model(seed=5).eval(), model(seed=5, xhat_skip=True).eval()
+    missing = skip.load_state_dict(plain.state_dict(), strict=False).missing_keys  # the same weights but U
+    assert missing == ["skip.weight"]
+    with torch.no_grad():
+        assert torch.equal(skip.skip.weight, torch.zeros_like(skip.skip.weight))
+        assert torch.allclose(plain.user_embeddings(b), skip.user_embeddings(b), atol=1e-6)
+        skip.out.weight.zero_()  # only the skip path left: e_u = c + U x_hat
+        skip.skip.weight.normal_(std=0.5)
+        x, c = skip.backbone(b.seq, last_only=True)
+        x_hat = skip.sample_xhat(c[:, 0], x[:, -1], skip.eval_keys(b.seq)[:, -1])
+        assert torch.allclose(skip.user_embeddings(b), c[:, 0] + x_hat @ skip.skip.weight.T, atol=1e-5)
+        other = skip.user_embeddings(b)
+        skip.cfg = replace(skip.cfg, eval_seed=1)
+        assert not torch.allclose(skip.user_embeddings(b), other)

@@ -28,6 +28,8 @@ backbone alone), with
 - h_l(j): h_s(j) attends to the history x_i, i <= j - k, and to a learned null key (no history -> the null value)
   (eq. 20–21, dot-product attention instead of the activation unit, so all positions fit one pass).
 
+With ``xhat_skip`` x_hat also enters directly: e_u(j) = c_j + W [h_s(j); h_l(j)] + U x_hat_{j+1} (U starts at 0).
+
 Scores are e_u . e_i with e_i = the behaviour embedding (id + side features), tied as in SASRec. With
 ``diffusion: false`` the query of the session attention is c_j itself: the crossing without a generator, the
 ablation that says what the diffusion adds.
@@ -84,6 +86,9 @@ class T2DiffCausalConfig(TransformerConfig):
     # train_draws >= 2), a strictly proper scoring rule: its spread term keeps the draws as different as the next
     # behaviours are given c_j, where the chain trained on squared error and ranking alone collapses to one point.
     energy_weight: float = 0.0
+    # x_hat also enters e_u through its own map U (zero at the start): e_u = c_j + W [h_s; h_l] + U x_hat, so draws
+    # that differ give user vectors that differ (through the crossing alone they barely do: RESULTS, session 16)
+    xhat_skip: bool = False
     eval_seed: int = 0  # eval-mode noise = hash(eval_seed, the prefix up to j, step): batch-independent
     features: bool = True  # add mean-pooled side-feature embeddings to the id embeddings (when the data has them)
 
@@ -105,6 +110,8 @@ class T2DiffCausalConfig(TransformerConfig):
                                   f"{'all T' if sampler == 'ddpm' else '1..T'} = {self.steps} steps, got {n}")
         if not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"{where}.eta: must lie in [0, 1], got {self.eta}")
+        if self.xhat_skip and not self.diffusion:
+            raise ConfigError(f"{where}.xhat_skip: adds x_hat to the user vector, so it needs diffusion: true")
         if self.energy_weight > 0 and (self.train_draws < 2 or not self.diffusion):
             raise ConfigError(f"{where}.energy_weight: the energy score compares draws, so it needs "
                               f"diffusion: true and train_draws >= 2, got train_draws={self.train_draws}, "
@@ -228,6 +235,9 @@ class T2DiffCausal(SideFeatures, CausalEncoder, config=T2DiffCausalConfig):
         self.out = nn.Linear(2 * d, d)
         nn.init.zeros_(self.out.weight)  # e_u = c_j at the start
         nn.init.zeros_(self.out.bias)
+        if cfg.xhat_skip:
+            self.skip = nn.Linear(d, d, bias=False)
+            nn.init.zeros_(self.skip.weight)  # e_u = c_j at the start, as without it
 
     # ------------------------------------------------------------------ pieces
     def item_inputs(self, ids: Tensor) -> Tensor:
@@ -309,7 +319,8 @@ class T2DiffCausal(SideFeatures, CausalEncoder, config=T2DiffCausalConfig):
         x_hat [B, Q, D] (None: c is the query)."""
         query = c if x_hat is None else (x_hat.detach() if self.cfg.detach_xhat else x_hat)
         h_s, h_l = self.crossing(query, x, seq, cols)
-        return c + self.out(torch.cat([h_s, h_l], dim=-1))
+        e_u = c + self.out(torch.cat([h_s, h_l], dim=-1))
+        return e_u + self.skip(query) if self.cfg.xhat_skip and x_hat is not None else e_u
 
     def eval_keys(self, seq: Tensor) -> Tensor | None:
         """[B, L] prefix keys in eval mode; None in training (fresh noise)."""
