@@ -212,3 +212,18 @@ def test_eval_users_is_a_labelled_sample_in_every_run(tmp_path: Path, synthetic_
     with pytest.raises(ConfigError, match="--eval-users"):
         reproduce(ReproduceOptions(dataset="ml-1m", out=tmp_path / "o2", config_root=root, eval_users=0),
                   log=lambda s: None)
+
+
+def test_a_rows_mask_is_the_one_its_run_used(tmp_path: Path) -> None:
+    """compare imposes the first model's eval.mask_seen on every row (FORCED), so the study's config of a later
+    row can say otherwise; the paired orderings must read the run's own saved config, or the ranks never reproduce
+    the row's reported value and the line falls back to unpaired SE."""
+    from t2diff.reproduce.runner import run_mask_seen
+
+    study = tmp_path / "t2diff.yaml"
+    study.write_text("model:\n  name: sasrec\neval:\n  mask_seen: false\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    assert run_mask_seen(run, study) is False  # no saved config yet: the study's
+    (run / "config.yaml").write_text("model:\n  name: sasrec\neval:\n  mask_seen: true\n")
+    assert run_mask_seen(run, study) is True

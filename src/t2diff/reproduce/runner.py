@@ -209,15 +209,24 @@ def _popularity(st: Study, opts: ReproduceOptions, log: Callable[[str], None]) -
         return None
 
 
+def run_mask_seen(run_dir: Path, config: Path) -> bool:
+    """The eval.mask_seen its reported metrics used: the run's own saved config.yaml, which holds what ``compare``
+    imposed on every row (its FORCED settings take the first model's mask); the study's config only when the run
+    has none."""
+    from t2diff.config import load_config
+
+    own = run_dir / "config.yaml"
+    return bool(load_config(own if own.exists() else config).eval.mask_seen)
+
+
 def _ranks(run_dir: Path, config: Path, opts: ReproduceOptions, log: Callable[[str], None]
            ) -> tuple[RunRanks | None, bool]:
     """A finished run's test ranks (cached in the run) for the paired orderings; None, logged, if ranking fails:
     the report then falls back to unpaired standard errors for that run."""
-    from t2diff.config import load_config
     from t2diff.run_ranks import cached_test_ranks
 
     try:
-        return cached_test_ranks(run_dir, opts.data), load_config(config).eval.mask_seen
+        return cached_test_ranks(run_dir, opts.data), run_mask_seen(run_dir, config)
     except Exception as e:  # noqa: BLE001 - a report must still be written; the fallback is labelled
         log(f"[{run_dir}] test ranks unavailable ({type(e).__name__}: {e}); its orderings use unpaired SE")
         return None, False
