@@ -97,6 +97,17 @@ TINY_TRAIN = ["data.max_len=12", "train.batch_size=16", "train.lr=0.005", "eval.
 TINY_SASREC = [*TINY_MODEL["sasrec"], *TINY_TRAIN]  # a SASRec that trains in about a second on the synthetic log
 
 
+def load_benchmark(name: str):  # -> the module benchmarks/<name>.py (scripts, not a package)
+    """Import a script under benchmarks/ by its file name, for tests of its functions and its ``main``."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def tiny_config(prepared: Path, model: str = "sasrec", *extra: str):  # -> ExperimentConfig
     """The tiny config of ``model`` on a prepared dataset; ``extra`` overrides come last."""
     from t2diff.config import load_config

@@ -314,18 +314,13 @@ def test_defaults_and_paper_row() -> None:
 def test_probe_reports_the_trained_loss_terms(synthetic_prepared, tmp_path) -> None:
     """benchmarks/contrastvae_probe.py on a tiny trained run: the loss terms a training step reports, the KL
     counter left as it was, InfoNCE's chance value log(2B - 1), and a clear refusal of another model's run."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    from conftest import tiny_config
+    from conftest import load_benchmark, tiny_config
 
     from t2diff.train import Trainer
 
-    repo = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("contrastvae_probe", repo / "benchmarks" / "contrastvae_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("contrastvae_probe")
     Trainer(tiny_config(synthetic_prepared, "contrastvae"), tmp_path / "run", progress=False, log=lambda s: None).fit()
     ck = tmp_path / "run" / "last.pt"
     steps = int(torch.load(ck, map_location="cpu", weights_only=False)["model_state"]["anneal_step"])

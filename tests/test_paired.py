@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 from t2diff.paired import RunRanks, load_ranks, paired, per_example, save_ranks, seed_mean
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_per_example_by_hand():
@@ -69,10 +66,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("seed_pairs", REPO / "benchmarks" / "seed_pairs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("seed_pairs")
 
 
 def test_dump_matches_the_evaluator_and_mean_reports(run, tmp_path):

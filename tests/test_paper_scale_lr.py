@@ -3,18 +3,14 @@ that did not finish or ended on a non-finite loss is never chosen."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("paper_scale_lr", REPO / "benchmarks" / "paper_scale_lr.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("paper_scale_lr")
 
 
 def _run(root: Path, name: str, losses: list[float], finished: bool = True) -> str:

@@ -3,23 +3,17 @@ against the run's test ranks: a difference of exactly 0), and it reports the spr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import load_benchmark, tiny_config
 
 from t2diff.train import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("xhat_mixture", REPO / "benchmarks" / "xhat_mixture.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("xhat_mixture")
 
 
 def test_single_draw_is_the_evaluators_ranking_and_the_spread_is_reported(synthetic_prepared: Path,
