@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,14 @@ def ranks_masked(s: torch.Tensor, target: torch.Tensor, seen: list[np.ndarray] |
             if len(it):
                 s[r, torch.from_numpy(it.astype(np.int64))] = -torch.inf
     return ranks_from_scores(s, target)[0].numpy()
+
+
+def served_xhat(model, keys: torch.Tensor, out: list[torch.Tensor], c: torch.Tensor, x_n: torch.Tensor
+                ) -> torch.Tensor:
+    """The served chain's x_hat [B, D] for summaries c and last behaviours x_n [B, D] under ``keys`` [B], appended
+    to ``out`` (the draws' own spread is read from it)."""
+    out.append(model.sample_xhat(c, x_n, keys))
+    return out[-1]
 
 
 @torch.no_grad()
@@ -80,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         u, j = test.users[a: a + args.batch_size], test.positions[a: a + args.batch_size]
         batch = make_batch(ds, u, j, cfg.data.max_len)
         vecs, xhats = [], []
-        x, c = model.backbone(batch.seq, last_only=True)  # [B, L, D], [B, 1, D]
         for s in range(args.samples):
             model.cfg = replace(base_cfg, eval_seed=s)
-            vecs.append(model.user_embeddings(batch))  # [B, D]
-            xhats.append(model.sample_xhat(c[:, 0], x[:, -1], model.eval_keys(batch.seq)[:, -1]))  # [B, D]
+            keys = model.eval_keys(batch.seq)[:, -1]  # [B]: the served chain's noise for this draw
+            # the served user vector ("chain" samples exactly this), its x_hat recorded in the same pass
+            vecs.append(model.user_embeddings_from(batch, "fn", partial(served_xhat, model, keys, xhats)))  # [B, D]
         model.cfg = base_cfg
         v, xh = torch.stack(vecs), torch.stack(xhats)  # [S, B, D] each
         cos.append(torch.nn.functional.cosine_similarity(v[1:], v[:1], dim=-1).mean(0).numpy())
