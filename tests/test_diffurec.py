@@ -52,7 +52,17 @@ def test_defaults_are_the_official_code() -> None:
     got = {f.name: getattr(DiffuRecConfig(), f.name) for f in fields(DiffuRecConfig)}
     assert got == dict(hidden=128, num_blocks=4, num_heads=4, ffn_dim=512, dropout=0.1, emb_dropout=0.3, steps=32,
                        schedule="trunc_lin", lambda_uncertainty=0.001, rescale_timesteps=True,
-                       position_embedding=False, pad_mask="query", reverse_variance="beta", eval_seed=0)
+                       position_embedding=False, pad_mask="query", reverse_variance="beta", eval_seed=0,
+                       item_init_std=None)
+
+
+@pytest.mark.parametrize(("std", "want"), [(None, 1.0), (0.02, 0.02)])
+def test_item_table_init_official_n01_or_the_labelled_std(std, want) -> None:
+    torch.manual_seed(0)
+    m = DiffuRec(DiffuRecConfig(hidden=64, num_blocks=1, num_heads=2, ffn_dim=64, steps=4, item_init_std=std),
+                 DataInfo(num_items=2000, max_len=8, num_users=3))
+    w = m.item_emb.weight.detach()  # [2001, 64]: 128 k draws, so the std is within 1 % of its target
+    assert float(w.std()) == pytest.approx(want, rel=0.02) and abs(float(w.mean())) < 0.01 * want
 
 
 @pytest.mark.parametrize(("steps", "end"), [(32, 0.635), (100, 0.21), (10, 0.11)])  # T = 10: the fallback end
@@ -71,7 +81,8 @@ def test_trunc_lin_against_its_closed_form(steps: int, end: float) -> None:
 
 @pytest.mark.parametrize("kw", [{}, {"position_embedding": True}, {"pad_mask": "key"},
                                 {"reverse_variance": "posterior"}, {"schedule": "linear"}, {"schedule": "exp"},
-                                {"schedule": "log"}, {"rescale_timesteps": False}, {"lambda_uncertainty": 0.0}])
+                                {"schedule": "log"}, {"rescale_timesteps": False}, {"lambda_uncertainty": 0.0},
+                                {"item_init_std": 0.02}])
 def test_one_training_step_of_every_option(kw) -> None:
     m = model(**kw).train()
     loss, logs = m.loss(batch())
@@ -223,7 +234,8 @@ def test_official_mask_lets_real_rows_see_the_pad_token() -> None:
 @pytest.mark.parametrize(("key", "value"), [
     ("steps", 0), ("schedule", "cosine"), ("pad_mask", "keys"), ("reverse_variance", "small"),
     ("lambda_uncertainty", -0.001), ("dropout", 1.0), ("emb_dropout", -0.1), ("num_heads", 3), ("hidden", 0),
-    ("num_blocks", 0), ("steps", "32"),
+    ("num_blocks", 0), ("steps", "32"), ("item_init_std", 0.0), ("item_init_std", -0.02),
+    ("item_init_std", float("nan")),
 ])
 def test_bad_config_values_name_the_key(key: str, value) -> None:
     with pytest.raises(ConfigError, match=rf"model\.{key}\b"):

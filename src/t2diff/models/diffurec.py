@@ -38,6 +38,10 @@ option                   default = official code                  alternative
                          ("fixed large", improved-diffusion)      DDPM posterior variance (NoiseSchedule.post_var)
 ``schedule``             ``trunc_lin`` (below)                    ``linear`` (DDPM's, scaled by 1000 / T),
                                                                   ``exp`` / ``log`` (T2Diff Table 3)
+``item_init_std``        null: the item table keeps nn.Embedding's  a number s: N(0, s^2) (0.02 as our other
+                         N(0, 1), so item norms are ~sqrt(d)      baselines; not the official code): logits
+                         (~11 at d = 128) and x_hat_0 . e_i       start near 0 instead of in the hundreds,
+                         starts in the hundreds                   and x_0 is small beside the noise
 =======================  =======================================  =============================================
 
 With ``pad_mask: query`` the number of visible pad tokens matters, so every history is re-padded to max_len (the
@@ -100,6 +104,7 @@ class DiffuRecConfig(TransformerConfig):
     pad_mask: str = choice("query", PAD_MASKS)
     reverse_variance: str = choice("beta", REVERSE_VARIANCES)
     eval_seed: int = 0  # eval-mode noise = hash(eval_seed, history, step): batch-independent and reproducible
+    item_init_std: float | None = None  # None: N(0, 1), the official nn.Embedding default; e.g. 0.02 (labelled)
 
     def __post_init__(self) -> None:
         self.validate_config("model")
@@ -118,6 +123,10 @@ class DiffuRecConfig(TransformerConfig):
         if not (self.lambda_uncertainty >= 0.0 and math.isfinite(self.lambda_uncertainty)):
             raise ConfigError(f"{where}.lambda_uncertainty: must be a finite number >= 0, "
                               f"got {self.lambda_uncertainty}")
+        std = self.item_init_std
+        if std is not None and (isinstance(std, bool) or not isinstance(std, (int, float))
+                                or not (math.isfinite(std) and std > 0)):
+            raise ConfigError(f"{where}.item_init_std: must be a finite number > 0 or null, got {std!r}")
 
 
 def trunc_lin_betas(steps: int) -> tuple[float, float]:
@@ -195,6 +204,8 @@ class DiffuRec(SeqRecModel, config=DiffuRecConfig, paper_row="DiffuRec"):
         d = cfg.hidden
         # N(0, 1) init and no padding_idx, as the official nn.Embedding: the pad row is a learned input token
         self.item_emb = nn.Embedding(info.num_items + 1, d)
+        if cfg.item_init_std is not None:  # the labelled deviation: item norms ~ std * sqrt(d), not sqrt(d)
+            nn.init.normal_(self.item_emb.weight, std=cfg.item_init_std)
         self.pos_emb = nn.Embedding(info.max_len, d) if cfg.position_embedding else None
         self.emb_drop = Dropout(cfg.emb_dropout)
         self.emb_ln = nn.LayerNorm(d, eps=1e-12)
