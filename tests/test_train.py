@@ -299,3 +299,19 @@ def test_eta_counts_the_budget_when_it_ends_the_run_first() -> None:
     assert eta_text(60.0, 2, 8, None) == "ETA 4.0 min at most (train.epochs)"
     assert eta_text(60.0, 2, 1, 3.0) == "ETA 0.5 min at most (train.epochs)"  # the epochs end it first
     assert eta_text(200.0, 2, 8, 3.0) == "ETA 1.7 min at most (train.max_minutes)"  # budget spent: one epoch
+
+
+def test_each_loss_term_is_written_per_epoch(synthetic_prepared, tmp_path):
+    Trainer(_cfg(synthetic_prepared, "train.epochs=2"), tmp_path / "s", progress=False, log=lambda s: None).fit()
+    rows = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    # SASRec's only term is the tower loss: its epoch mean is train_loss itself
+    assert [sorted(r["train_terms"]) for r in rows] == [["tower"]] * 2
+    assert all(r["train_terms"]["tower"] == pytest.approx(r["train_loss"], abs=2e-6) for r in rows)
+    cfg = tiny_config(synthetic_prepared, "t2diff_causal", "train.epochs=1", "model.train_draws=2",
+                      "model.energy_weight=1.0")
+    Trainer(cfg, tmp_path / "c", progress=False, log=lambda s: None).fit()
+    (row,) = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    terms = row["train_terms"]
+    assert {"tower", "denoise", "energy", "loss"} <= set(terms)
+    assert terms["loss"] == pytest.approx(row["train_loss"], abs=2e-6)
+    assert terms["tower"] > 0 and terms["loss"] > terms["tower"]  # the generator's terms add to the ranking loss

@@ -83,6 +83,7 @@ class Trainer:
         self.train_module = distributed.wrap(self.model, self.dist, device)
         self.state = TrainState()
         self.stopped: str | None = None
+        self.epoch_terms: dict[str, float] = {}  # the last epoch's mean of each logged loss term
         self.ks = sorted(set(cfg.eval.ks) | {int(cfg.train.select_metric.split("@")[1])})
         ap = cfg.train.all_positions
         self.all_positions = self.split.fixed_train is None if ap is None else ap
@@ -151,6 +152,7 @@ class Trainer:
         users, pos = ex.users[order], ex.positions[order]
         self.model.train()
         total, steps = 0.0, 0
+        terms: dict[str, float] = {}  # each loss term the model logs (tower, kl, energy, ...), summed over steps
         bs = max(1, cfg.train.batch_size // self.dist.world)  # train.batch_size is the global batch
         bar = tqdm(range(0, len(users), bs), desc=f"epoch {epoch}", disable=not self.progress, leave=False)
         for s in bar:
@@ -171,7 +173,12 @@ class Trainer:
             self.opt.step()
             total += loss.item()
             steps += 1
+            for k, v in parts.items():
+                if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool):
+                    terms[k] = terms.get(k, 0.0) + float(v)
             bar.set_postfix(loss=f"{total / steps:.4f}")
+        # this rank's epoch means, written beside train_loss so a run's loss terms survive it (metrics.jsonl)
+        self.epoch_terms = {k: round(v / max(steps, 1), 6) for k, v in sorted(terms.items())}
         return total / max(steps, 1)
 
     def eval_on(self, which: str) -> dict[str, float]:
@@ -222,6 +229,8 @@ class Trainer:
             loss = self.train_epoch(epoch)
             t_train = time.perf_counter() - t0
             row: dict[str, Any] = {"epoch": epoch, "train_loss": round(loss, 6), "train_seconds": round(t_train, 2)}
+            if self.epoch_terms:
+                row["train_terms"] = self.epoch_terms
             if has_valid:
                 row["valid"] = self.eval_on("valid")
                 value = row["valid"][cfg.train.select_metric]
