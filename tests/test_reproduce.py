@@ -175,6 +175,12 @@ def test_reproduce_end_to_end_interrupted_and_resumed(tmp_path: Path, synthetic_
     assert "## Figure 4" in report and (out / "figure4-ours" / "diffusion_cosine_trace.png").exists()
     assert (out / "table2-paper-ours.png").exists() and (out / "table3-ours.png").exists()
     data = json.loads((out / "reproduce.json").read_text())
+    # the interrupted pass's wall time is kept beside the resumed one's, not overwritten
+    inv = data["invocations"]
+    assert [x["finished"] for x in inv] == [False, True] and len({x["id"] for x in inv}) == 2
+    assert inv[-1]["wall_minutes"] == data["wall_minutes"]
+    assert f"2 invocations wrote this folder, {sum(x['wall_minutes'] for x in inv):.1f} min wall in all" in report
+    assert "(stopped before the end)" in report
     rows = {r["method"]: r for r in data["studies"]["table2-paper-ours"]["rows"]}
     assert rows["T2Diff"]["status"] == "all 2 epochs" and rows["SASRec"]["test"]["recall@20"] >= 0
     assert "double-counted first batch" in report
@@ -227,3 +233,23 @@ def test_a_rows_mask_is_the_one_its_run_used(tmp_path: Path) -> None:
     assert run_mask_seen(run, study) is False  # no saved config yet: the study's
     (run / "config.yaml").write_text("model:\n  name: sasrec\neval:\n  mask_seen: true\n")
     assert run_mask_seen(run, study) is True
+
+
+def test_invocation_log_reads_a_report_from_before_it_existed(tmp_path: Path) -> None:
+    from t2diff.reproduce.report import _invocation_lines, _invocations
+
+    prov = {"date": "2026-12-08T03:00:00Z", "command": "t2diff reproduce ml-1m --resume", "commit": "abc"}
+    old = {"provenance": {"date": "2026-12-01T00:00:00Z", "command": "t2diff reproduce ml-1m", "commit": "x"},
+           "wall_minutes": 30.7, "finished": True}
+    f = tmp_path / "reproduce.json"
+    f.write_text(json.dumps(old))
+    inv = _invocations(f, prov, 1.25, True, "me")
+    assert [(x["date"], x["wall_minutes"]) for x in inv] == [("2026-12-01T00:00:00Z", 30.7),
+                                                              ("2026-12-08T03:00:00Z", 1.25)]
+    f.write_text(json.dumps({**old, "invocations": inv}))  # the same invocation writing again replaces itself
+    again = _invocations(f, prov, 2.0, True, "me")
+    assert [x["wall_minutes"] for x in again] == [30.7, 2.0]
+    assert _invocation_lines(again)[0].startswith("- 2 invocations wrote this folder, 32.7 min wall in all")
+    f.write_text("{not json")
+    assert [x["id"] for x in _invocations(f, prov, 1.0, False, "me")] == ["me"]  # unreadable: only this one
+    assert _invocation_lines(_invocations(tmp_path / "none.json", prov, 1.0, True, None)) == []

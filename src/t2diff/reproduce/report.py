@@ -3,6 +3,7 @@ paper's orderings checked on ours, every protocol and data difference, and the r
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -259,8 +260,44 @@ def _differences(opts: ReproduceOptions, data_line: str) -> list[str]:
     ]
 
 
+def _invocations(previous: Path, prov: dict[str, Any], minutes: float, finished: bool,
+                 invocation: str | None) -> list[dict[str, Any]]:
+    """Every invocation that wrote into this folder, oldest first, this one last: a ``--resume`` (or a
+    re-tabulation) keeps the earlier passes' wall times instead of overwriting them. This invocation is known by
+    its id (else by its provenance date and command), so the report written after each study replaces its own
+    entry. A reproduce.json from before this log counts as one earlier invocation (its provenance, wall_minutes)."""
+    me = {"id": invocation or f"{prov.get('date')} {prov.get('command')}", "date": prov.get("date"),
+          "command": prov.get("command"), "commit": prov.get("commit"), "wall_minutes": round(minutes, 2),
+          "finished": finished}
+    try:
+        old = json.loads(previous.read_text()) if previous.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        old = {}  # an unreadable earlier report: this invocation's own time still stands
+    if "invocations" in old:
+        past = [dict(x) for x in old["invocations"] if isinstance(x, dict)]
+    elif "wall_minutes" in old:
+        pv = old.get("provenance") or {}
+        past = [{"date": pv.get("date"), "command": pv.get("command"), "commit": pv.get("commit"),
+                 "wall_minutes": old["wall_minutes"], "finished": old.get("finished")}]
+    else:
+        past = []
+    past = [x for x in past if x.get("id") != me["id"]]
+    return [*past, me]
+
+
+def _invocation_lines(invocations: list[dict[str, Any]]) -> list[str]:
+    if len(invocations) < 2:
+        return []
+    total = sum(float(x.get("wall_minutes") or 0.0) for x in invocations)
+    each = "; ".join(f"{x.get('date')}: {float(x.get('wall_minutes') or 0.0):.1f} min"
+                     + ("" if x.get("finished") else " (stopped before the end)") for x in invocations)
+    return [f"- {len(invocations)} invocations wrote this folder, {total:.1f} min wall in all: {each} "
+            "(commands and commits in reproduce.json)"]
+
+
 def write_report(opts: ReproduceOptions, plan: list[Any], outcomes: list[StudyOutcome], prov: dict[str, Any],
-                 started: float, finished: bool, figures: dict[str, Path] | None = None) -> Path:
+                 started: float, finished: bool, figures: dict[str, Path] | None = None,
+                 invocation: str | None = None) -> Path:
     out = opts.out
     out.mkdir(parents=True, exist_ok=True)
     minutes = (time.perf_counter() - started) / 60
@@ -273,15 +310,18 @@ def write_report(opts: ReproduceOptions, plan: list[Any], outcomes: list[StudyOu
                    "(eval.max_users: estimates with larger standard errors, not the full evaluation)")
     if opts.overrides:
         budget += f"; overrides for every run: `{' '.join(opts.overrides)}`"
+    invocations = _invocations(out / "reproduce.json", prov, minutes, finished, invocation)
     lines = [f"# Reproduction of Wang et al., WWW'25 (T2Diff) on {opts.dataset}", "",
              f"- status: {'finished' if finished else 'in progress'}; this invocation's wall time "
              f"{minutes:.1f} min; budget: {budget}",
+             *_invocation_lines(invocations),
              f"- studies: {', '.join(s.key for s in plan)}" + (f"; trained only {opts.only}" if opts.only else ""),
              "", "## What differs from the paper", "", *_differences(opts, _data_line(opts, plan))]
     unfinished: list[str] = []
     data: dict[str, Any] = {"dataset": opts.dataset, "finished": finished, "wall_minutes": round(minutes, 2),
                             "budget_minutes": opts.budget_minutes, "epochs_cap": opts.epochs,
-                            "eval_users": opts.eval_users, "overrides": list(opts.overrides), "studies": {}}
+                            "eval_users": opts.eval_users, "overrides": list(opts.overrides),
+                            "invocations": invocations, "studies": {}}
     for so in outcomes:
         st = so.study
         title = {"table2": "Table 2", "table3": "Table 3 (beta schedule)", "table4": "Table 4 (diffusion steps T)"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -98,6 +99,7 @@ def reproduce(opts: ReproduceOptions, log: Callable[[str], None] = print) -> lis
 
     started = time.perf_counter()
     prov = provenance()
+    invocation = uuid.uuid4().hex  # this invocation's entry in the report's log of passes (a resume appends one)
     plan = build_plan(opts.config_root, opts.dataset, opts.protocols, opts.scales, opts.tables, opts.with_ours)
     if opts.only:
         known = {s.key for s in plan} | {s.kind for s in plan} | {f"{s.key}/{r.label}" for s in plan for r in s.runs}
@@ -127,9 +129,9 @@ def reproduce(opts: ReproduceOptions, log: Callable[[str], None] = print) -> lis
     outcomes: list[StudyOutcome] = []
     for st, names in zip(plan, prepared, strict=True):
         outcomes.append(_run_study(st, names, opts, budget, outcomes, log))
-        write_report(opts, plan, outcomes, prov, started, finished=False)
+        write_report(opts, plan, outcomes, prov, started, finished=False, invocation=invocation)
     figures = _figure4(opts, {st.key: names for st, names in zip(plan, prepared, strict=True)}, log)
-    write_report(opts, plan, outcomes, prov, started, finished=True, figures=figures)
+    write_report(opts, plan, outcomes, prov, started, finished=True, figures=figures, invocation=invocation)
     log(f"wrote {opts.out / 'REPORT.md'} ({(time.perf_counter() - started) / 60:.1f} min)")
     return outcomes
 
