@@ -290,7 +290,8 @@ def _invocation_lines(invocations: list[dict[str, Any]]) -> list[str]:
         return []
     total = sum(float(x.get("wall_minutes") or 0.0) for x in invocations)
     each = "; ".join(f"{x.get('date')}: {float(x.get('wall_minutes') or 0.0):.1f} min"
-                     + ("" if x.get("finished") else " (stopped before the end)") for x in invocations)
+                     + ("" if x.get("finished") else " (stopped before the end: time to its last report)")
+                     for x in invocations)
     return [f"- {len(invocations)} invocations wrote this folder, {total:.1f} min wall in all: {each} "
             "(commands and commits in reproduce.json)"]
 
