@@ -180,7 +180,7 @@ def test_reproduce_end_to_end_interrupted_and_resumed(tmp_path: Path, synthetic_
     assert [x["finished"] for x in inv] == [False, True] and len({x["id"] for x in inv}) == 2
     assert inv[-1]["wall_minutes"] == data["wall_minutes"]
     assert f"2 invocations wrote this folder, {sum(x['wall_minutes'] for x in inv):.1f} min wall in all" in report
-    assert "(stopped before the end)" in report
+    assert "(stopped before the end: time to its last report)" in report
     rows = {r["method"]: r for r in data["studies"]["table2-paper-ours"]["rows"]}
     assert rows["T2Diff"]["status"] == "all 2 epochs" and rows["SASRec"]["test"]["recall@20"] >= 0
     assert "double-counted first batch" in report
