@@ -9,7 +9,9 @@ validation NDCG@10 against wall time per model.
 Writes benchmarks/results/converged_loo.{md,json,png} (command, commit, machine: t2diff.provenance). Rows of
 models not given here are kept from the existing converged_loo.json, each with the provenance of the invocation
 that measured it (``--fresh`` drops them): a 2-core session cannot train all five to convergence, so the table
-is filled model by model and every row says where it came from.
+is filled model by model and every row says where it came from. ``--label TEXT`` marks the given runs as a labelled
+variant of their model (e.g. a recipe change that is not the official code's): they get a row of their own,
+"<model> (<label>)", beside the model's unlabelled row instead of replacing it.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ PUBLISHED: dict[str, tuple[str, str]] = {
 KS = [10, 20]
 
 
-def row_of(run: Path) -> dict[str, Any]:
+def row_of(run: Path, label: str | None = None) -> dict[str, Any]:
     out = json.loads((run / "metrics.json").read_text())
     hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     model, cfg, ds = build_from_checkpoint(run)
@@ -58,7 +60,8 @@ def row_of(run: Path) -> dict[str, Any]:
     for h in hist:
         wall += h["seconds"]
         curve.append((wall / 60, h["valid"]["ndcg@10"]))
-    name = cfg.model["name"]
+    base = cfg.model["name"]
+    name = base if not label else f"{base} ({label})"
     t = cfg.train
     recipe = f"lr {t.lr:g}, batch {t.batch_size}, {t.precision}" + (
         f", lr x{t.lr_plateau_factor:g} after {t.lr_plateau_patience} flat epochs" if t.lr_plateau_patience else "")
@@ -71,7 +74,8 @@ def row_of(run: Path) -> dict[str, Any]:
             "selected_epoch": out.get("selected_epoch"), "wall_minutes": round(wall / 60, 1),
             "stopped": out.get("stopped", "early stopping" if out["epochs_run"] < cfg.train.epochs else "epochs"),
             "test_masked": masked, "test_unmasked": unmasked, "curve": curve,
-            "published": PUBLISHED.get(name, ("-", ""))[0], "published_protocol": PUBLISHED.get(name, ("", "-"))[1]}
+            "base_model": base,
+            "published": PUBLISHED.get(base, ("-", ""))[0], "published_protocol": PUBLISHED.get(base, ("", "-"))[1]}
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -98,16 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--fresh", action="store_true", help="drop the rows of models not given here")
+    p.add_argument("--label", default=None, help="these runs are a labelled variant: rows of their own")
     args = p.parse_args(argv)
     prov = provenance(argv, __file__)
-    new = [{**row_of(r), "provenance": prov} for r in args.runs if (r / "metrics.json").exists()]
+    new = [{**row_of(r, args.label), "provenance": prov} for r in args.runs if (r / "metrics.json").exists()]
     old_file = args.out / "converged_loo.json"
     kept = []
     if old_file.exists() and not args.fresh:
         given = {r["model"] for r in new}
         kept = [r for r in json.loads(old_file.read_text())["rows"] if r["model"] not in given]
     order = list(PUBLISHED)
-    rows = sorted([*kept, *new], key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+    def rank(r: dict[str, Any]) -> tuple[int, int]:  # by model, a labelled variant right after its model's row
+        base = r.get("base_model", r["model"])
+        return (order.index(base) if base in order else len(order), int(base != r["model"]))
+
+    rows = sorted([*kept, *new], key=rank)
     write_json(args.out / "converged_loo.json", {"rows": rows}, prov)
     plot(rows, args.out / "converged_loo.png")
     md = ["# Converged leave-one-out on ML-1M (2-core CPU)", "",
