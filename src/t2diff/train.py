@@ -174,7 +174,7 @@ class Trainer:
             total += loss.item()
             steps += 1
             for k, v in parts.items():
-                if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):  # loss() logs floats (.item())
                     terms[k] = terms.get(k, 0.0) + float(v)
             bar.set_postfix(loss=f"{total / steps:.4f}")
         # this rank's epoch means, written beside train_loss so a run's loss terms survive it (metrics.jsonl)
